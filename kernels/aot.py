@@ -1,0 +1,177 @@
+"""Ahead-of-time compilation of fastx's Triton kernels for real GPUs, without a GPU.
+
+Every kernel module in fastx.kernels exposes `aot_configs() -> list[AotConfig]`: the constexpr
+configurations its launcher picks at representative sizes (the launcher and this list share one
+config-choosing function, so the report checks what actually runs). `compile_config` builds the
+cubin for an sm_XX target with Triton's own compiler and reads the resource use with the
+`cuobjdump` that ships inside the Triton wheel.
+
+This must run in a process where TRITON_INTERPRET is unset: under the interpreter `@triton.jit`
+yields interpreter objects that `triton.compile` cannot take.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+# Per-block shared-memory limits (bytes) of the targets fastx reports on; CUDA C programming
+# guide, "Technical Specifications per Compute Capability" (8.0: 163 KB, 9.0: 227 KB).
+SHARED_MEMORY_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+MAX_REGISTERS_PER_THREAD = 255
+REGISTERS_PER_SM = 65536
+TARGETS = (80, 90)
+
+
+@dataclass(frozen=True)
+class AotConfig:
+    """One compile job: a kernel, the types of its runtime arguments, its constexprs, launch options."""
+
+    kernel: Any  # a triton JITFunction
+    arg_types: dict[str, str]  # runtime argument -> Triton type string ("*bf16", "i32", "fp32")
+    constexprs: dict[str, Any]
+    num_warps: int = 4
+    num_stages: int = 3
+    note: str = ""  # what this configuration stands for ("bf16, N=4096")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.kernel.__name__
+
+    def describe(self) -> str:
+        consts = ",".join(f"{k}={v}" for k, v in self.constexprs.items())
+        head = f"{self.note}; " if self.note else ""
+        return f"{head}{consts}; warps={self.num_warps},stages={self.num_stages}"
+
+
+def kernel_modules() -> list[str]:
+    """Names of every module in fastx.kernels (those with kernels export `aot_configs`)."""
+    import fastx.kernels as pkg
+
+    return [f"{pkg.__name__}.{m.name}" for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("__")]
+
+
+def jit_functions() -> dict[str, Any]:
+    """Every @triton.jit function defined in fastx.kernels, by name (the coverage test's list)."""
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    found = {}
+    for module_name in kernel_modules():
+        module = importlib.import_module(module_name)
+        for value in vars(module).values():
+            if isinstance(value, (JITFunction, InterpretedFunction)) and value.fn.__module__ == module_name:
+                found[value.fn.__name__] = value
+    return found
+
+
+def all_configs() -> list[AotConfig]:
+    configs = []
+    for module_name in kernel_modules():
+        module = importlib.import_module(module_name)
+        if hasattr(module, "aot_configs"):
+            configs.extend(module.aot_configs())
+    return configs
+
+
+def _signature(cfg: AotConfig) -> dict[str, str]:
+    signature = {}
+    for param in cfg.kernel.params:
+        if param.is_constexpr:
+            if param.name not in cfg.constexprs:
+                raise ValueError(f"{cfg.name}: constexpr {param.name} has no value in its AotConfig")
+            signature[param.name] = "constexpr"
+        else:
+            if param.name not in cfg.arg_types:
+                raise ValueError(f"{cfg.name}: argument {param.name} has no type in its AotConfig")
+            signature[param.name] = cfg.arg_types[param.name]
+    return signature
+
+
+def _cuobjdump() -> str:
+    import triton
+
+    bundled = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    return bundled if os.path.exists(bundled) else (shutil.which("cuobjdump") or bundled)
+
+
+_RES_USAGE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
+
+
+def compile_config(cfg: AotConfig, arch: int) -> dict[str, Any]:
+    """Compile one configuration for sm_<arch>; return its row of the report."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    row: dict[str, Any] = {"kernel": cfg.name, "target": f"sm_{arch}", "config": cfg.describe()}
+    try:
+        source = ASTSource(fn=cfg.kernel, signature=_signature(cfg), constexprs=dict(cfg.constexprs))
+        compiled = triton.compile(
+            source,
+            target=GPUTarget("cuda", arch, 32),
+            options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            cubin = os.path.join(tmp, "kernel.cubin")
+            with open(cubin, "wb") as f:
+                f.write(compiled.asm["cubin"])
+            usage = subprocess.run([_cuobjdump(), "-res-usage", cubin], capture_output=True, text=True, check=True)
+        match = _RES_USAGE.search(usage.stdout)
+        if match is None:
+            raise RuntimeError(f"cannot parse cuobjdump output: {usage.stdout!r}")
+        registers, stack, static_shared, local = map(int, match.groups())
+        # Triton allocates its shared memory dynamically; metadata.shared is that amount.
+        shared = int(compiled.metadata.shared) + static_shared
+        threads = cfg.num_warps * 32
+        row.update(
+            registers=registers,
+            spill_bytes=stack + local,  # a Triton kernel has no local arrays: any stack is spilling
+            shared_bytes=shared,
+            threads=threads,
+            error=None,
+        )
+        problems = []
+        if registers > MAX_REGISTERS_PER_THREAD:
+            problems.append(f"{registers} registers > {MAX_REGISTERS_PER_THREAD}")
+        if registers * threads > REGISTERS_PER_SM:
+            problems.append(f"{registers} registers x {threads} threads > {REGISTERS_PER_SM}")
+        if stack + local:
+            problems.append(f"{stack + local} bytes spilled")
+        if shared > SHARED_MEMORY_LIMIT[arch]:
+            problems.append(f"{shared} bytes shared > {SHARED_MEMORY_LIMIT[arch]}")
+        row["ok"] = not problems
+        row["problems"] = problems
+    except Exception as exc:  # a compile failure is a finding of the report, not a crash of it
+        row.update(registers=None, spill_bytes=None, shared_bytes=None, threads=cfg.num_warps * 32)
+        row.update(error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300], ok=False, problems=["compile failed"])
+    return row
+
+
+def _compile_job(job: tuple[int, int]) -> dict[str, Any]:
+    index, arch = job
+    return compile_config(all_configs()[index], arch)
+
+
+def compile_all(targets=TARGETS, jobs: int | None = None) -> list[dict[str, Any]]:
+    """Compile every configuration for every target, in parallel processes."""
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise RuntimeError("the compile report needs TRITON_INTERPRET unset (the interpreter cannot emit GPU code)")
+    n = len(all_configs())
+    work = [(i, arch) for i in range(n) for arch in targets]
+    jobs = jobs or min(len(work), os.cpu_count() or 1)
+    if jobs <= 1:
+        return [_compile_job(w) for w in work]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        return list(pool.map(_compile_job, work))

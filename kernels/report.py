@@ -1,0 +1,64 @@
+"""`python -m fastx.kernels.report`: compile every fastx kernel for sm_80 and sm_90, no GPU needed.
+
+Prints one row per (kernel, configuration, target): registers per thread, bytes spilled,
+shared memory. `--json` prints the rows as a JSON list. Exits 1 when any row fails its
+target's limits (registers <= 255, no spills, shared memory within the per-block limit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _parse_targets(text: str) -> tuple[int, ...]:
+    targets = []
+    for part in text.split(","):
+        part = part.strip().lower().removeprefix("sm_")
+        if not part.isdigit() or int(part) not in (80, 90):
+            raise argparse.ArgumentTypeError(f"--target: expected sm_80 and/or sm_90, got {text!r}")
+        targets.append(int(part))
+    return tuple(targets)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fastx.kernels.report", description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    parser.add_argument("--target", type=_parse_targets, default=(80, 90), help="sm_80,sm_90 (default both)")
+    parser.add_argument("--jobs", type=int, default=None, help="parallel compile processes (default: CPU count)")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        parser.error("unset TRITON_INTERPRET: the interpreter cannot compile for a GPU")
+
+    from fastx.kernels.aot import compile_all
+
+    rows = compile_all(args.target, args.jobs)
+    if args.json:
+        json.dump(rows, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        header = ("kernel", "target", "regs", "spill B", "shared B", "ok", "config")
+        table = [header] + [
+            (
+                r["kernel"],
+                r["target"],
+                str(r["registers"]),
+                str(r["spill_bytes"]),
+                str(r["shared_bytes"]),
+                "yes" if r["ok"] else "NO: " + "; ".join(r["problems"] + ([r["error"]] if r["error"] else [])),
+                r["config"],
+            )
+            for r in rows
+        ]
+        widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+        for row in table:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+        failed = sum(not r["ok"] for r in rows)
+        print(f"\n{len(rows)} compilations, {failed} failing")
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
