@@ -22,36 +22,42 @@ def _normalized_size(input: torch.Tensor, normalized_shape: int | Sequence[int])
     return shape, math.prod(shape)
 
 
-def _flat(t: torch.Tensor | None, name: str, shape: tuple[int, ...]) -> torch.Tensor | None:
-    if t is None:
-        return None
-    if tuple(t.shape) != shape:
-        raise ValueError(f"{name}: expected shape {shape} (normalized_shape), got {tuple(t.shape)}")
-    return t.reshape(-1)
+def _check_params(shape: tuple[int, ...], **params: torch.Tensor | None) -> None:
+    """Weight and bias must have exactly normalized_shape, on either backend."""
+    for name, t in params.items():
+        if t is not None and tuple(t.shape) != shape:
+            raise ValueError(f"{name}: expected shape {shape} (normalized_shape), got {tuple(t.shape)}")
+
+
+def _flat(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.reshape(-1)
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     """Drop-in for F.layer_norm (inference: no autograd through the Triton path)."""
     shape, size = _normalized_size(input, normalized_shape)
+    _check_params(shape, weight=weight, bias=bias)
     if not use_triton(input, weight, bias):
         return F.layer_norm(input, shape, weight, bias, eps)
     x = input.reshape(*input.shape[: input.dim() - len(shape)], size)
-    return _layer_norm_kernel(x, _flat(weight, "weight", shape), _flat(bias, "bias", shape), eps).view(input.shape)
+    return _layer_norm_kernel(x, _flat(weight), _flat(bias), eps).view(input.shape)
 
 
 def rms_norm(input, normalized_shape, weight=None, eps=None):
     """Drop-in for F.rms_norm; eps=None means torch.finfo(input.dtype).eps, as in torch."""
     shape, size = _normalized_size(input, normalized_shape)
     eps = torch.finfo(input.dtype).eps if eps is None else eps
+    _check_params(shape, weight=weight)
     if not use_triton(input, weight):
         return F.rms_norm(input, shape, weight, eps)
     x = input.reshape(*input.shape[: input.dim() - len(shape)], size)
-    return _rms_norm_kernel(x, _flat(weight, "weight", shape), eps).view(input.shape)
+    return _rms_norm_kernel(x, _flat(weight), eps).view(input.shape)
 
 
 def add_layer_norm(input, residual, normalized_shape, weight=None, bias=None, eps=1e-5):
     """(layer_norm(input + residual), input + residual) in one pass: the pre-norm residual stream."""
     shape, size = _normalized_size(input, normalized_shape)
+    _check_params(shape, weight=weight, bias=bias)
     if residual.shape != input.shape:
         raise ValueError(f"residual: expected shape {tuple(input.shape)} (the input's), got {tuple(residual.shape)}")
     if not use_triton(input, residual, weight, bias):
@@ -59,7 +65,7 @@ def add_layer_norm(input, residual, normalized_shape, weight=None, bias=None, ep
         return F.layer_norm(summed, shape, weight, bias, eps), summed
     lead = input.shape[: input.dim() - len(shape)]
     y, summed = _layer_norm_kernel(
-        input.reshape(*lead, size), _flat(weight, "weight", shape), _flat(bias, "bias", shape), eps,
+        input.reshape(*lead, size), _flat(weight), _flat(bias), eps,
         residual=residual.reshape(*lead, size),
     )  # fmt: skip
     return y.view(input.shape), summed.view(input.shape)
@@ -69,11 +75,12 @@ def add_rms_norm(input, residual, normalized_shape, weight=None, eps=None):
     """(rms_norm(input + residual), input + residual) in one pass (vLLM's fused_add_rms_norm)."""
     shape, size = _normalized_size(input, normalized_shape)
     eps = torch.finfo(input.dtype).eps if eps is None else eps
+    _check_params(shape, weight=weight)
     if residual.shape != input.shape:
         raise ValueError(f"residual: expected shape {tuple(input.shape)} (the input's), got {tuple(residual.shape)}")
     if not use_triton(input, residual, weight):
         summed = input + residual
         return F.rms_norm(summed, shape, weight, eps), summed
     lead = input.shape[: input.dim() - len(shape)]
-    y, summed = _rms_norm_kernel(input.reshape(*lead, size), _flat(weight, "weight", shape), eps, residual=residual.reshape(*lead, size))
+    y, summed = _rms_norm_kernel(input.reshape(*lead, size), _flat(weight), eps, residual=residual.reshape(*lead, size))
     return y.view(input.shape), summed.view(input.shape)
