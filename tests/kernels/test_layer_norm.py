@@ -1,6 +1,8 @@
 """LayerNorm kernel (fastx.kernels.layer_norm) against eager PyTorch, per NUMERICS.md."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 import torch.nn.functional as F
 
@@ -69,3 +71,18 @@ def test_layer_norm_rejects_bad_arguments(kwargs, message):
 def test_layer_norm_rejects_integer_input():
     with pytest.raises(ValueError, match="input: expected dtype float32, float16 or bfloat16"):
         layer_norm(torch.ones(3, 16, dtype=torch.int32))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    rows=st.integers(1, 9),
+    n=st.integers(1, 300),
+    eps=st.sampled_from([1e-12, 1e-5, 0.1]),
+    affine=st.booleans(),
+)
+def test_layer_norm_any_row_shape(rows, n, eps, affine):
+    """Property: for any row count and length, the kernel equals F.layer_norm in fp32."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # fixtures don't mix with @given
+    x = torch.randn(rows, n, device=device) * 5 - 2
+    w, b = (torch.randn(n, device=device), torch.randn(n, device=device)) if affine else (None, None)
+    torch.testing.assert_close(layer_norm(x, w, b, eps), F.layer_norm(x, (n,), w, b, eps))
