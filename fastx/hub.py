@@ -1,0 +1,83 @@
+"""Repo id or local folder -> a local folder holding the checkpoint's files.
+
+Uses huggingface_hub's standard cache (shared with transformers: a model transformers already
+downloaded is not fetched again), honouring HF_HOME, HF_HUB_OFFLINE, `cache_dir`,
+`local_files_only`, `revision` and `token`. Only the files inference needs are fetched.
+fastx never unpickles: a repository with only `pytorch_model.bin` is refused.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Everything a model, its tokenizer or its image processor reads; weights only as safetensors.
+INFERENCE_FILES = [
+    "config.json",
+    "generation_config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "preprocessor_config.json",
+    "chat_template.jinja",
+    "modules.json",
+    "1_Pooling/config.json",
+]
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
+
+
+def resolve_checkpoint(
+    name_or_path: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+) -> Path:
+    """Return a local folder with the checkpoint: the path itself, or a Hub snapshot in the cache."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise OSError(f"{name_or_path}: expected a checkpoint folder or a Hub repo id, got a file")
+    name = str(name_or_path)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        folder = snapshot_download(
+            name,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            token=token,
+            allow_patterns=INFERENCE_FILES,
+        )
+    except HFValidationError as exc:
+        raise OSError(f"{name}: not a local folder and not a valid Hub repo id ({exc})") from None
+    except RepositoryNotFoundError:
+        raise OSError(f"{name}: no such repository on the Hugging Face Hub (or it needs a token)") from None
+    except RevisionNotFoundError:
+        raise OSError(f"{name}: revision {revision!r} not found") from None
+    except LocalEntryNotFoundError:
+        raise OSError(
+            f"{name}: not in the local Hugging Face cache and downloading is off "
+            "(HF_HUB_OFFLINE=1 or local_files_only=True); download it once with network access"
+        ) from None
+    return Path(folder)
+
+
+def refuse_pickle_only(folder: Path, name: str) -> None:
+    """Raise when the checkpoint's weights exist only as pickle files."""
+    pickles = [p for p in PICKLE_WEIGHTS if (folder / p).exists()]
+    if pickles:
+        raise OSError(
+            f"{name}: has only pickle weights ({', '.join(pickles)}); fastx loads safetensors only and never "
+            "unpickles a file. Convert once with transformers: "
+            "AutoModel.from_pretrained(path).save_pretrained(out_dir, safe_serialization=True)"
+        )
