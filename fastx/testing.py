@@ -49,13 +49,16 @@ def assert_matches_reference(
 
 
 def make_interpreter_round_like_gpu() -> None:
-    """Make Triton's CPU interpreter round fp32 -> bf16 to nearest-even, as every NVIDIA GPU does.
+    """Fix two bf16 defects of Triton's CPU interpreter (triton 3.9) so it computes as a GPU does.
 
-    The interpreter of triton 3.9 truncates on fp32 -> bf16 casts (and its explicit
-    `fp_downcast_rounding="rtne"` path drops the mantissa carry), so a kernel that is exact
-    on a GPU shows up to 1 ulp of error under TRITON_INTERPRET=1 while eager PyTorch shows 1/2.
-    Kernel tests call this once so they judge the kernel, not the emulator. It changes only
-    that one conversion of the interpreter, in the test process; GPU code is untouched.
+    1. fp32 -> bf16 casts truncate (and the explicit `fp_downcast_rounding="rtne"` path drops
+       the mantissa carry), so a kernel that is exact on a GPU shows up to 1 ulp of error while
+       eager PyTorch shows 1/2. GPUs round to nearest-even; so does the patched cast.
+    2. `tl.dot` on bf16 operands multiplies their raw 16-bit patterns as integers (errors of
+       ~1e10 on a 16x16 product). A GPU's bf16 MMA multiplies exactly and accumulates in fp32;
+       the patched dot widens bf16 to fp32 first, which is that.
+    Kernel tests call this once so they judge the kernel, not the emulator. It changes only the
+    interpreter, in the calling process; GPU code is untouched.
     """
     import numpy as np
     from triton.runtime import interpreter
@@ -76,4 +79,17 @@ def make_interpreter_round_like_gpu() -> None:
         return convert(input, input_dtype, output_dtype, rounding_mode)
 
     interpreter._convert_float = convert_rounding_to_nearest_even
+
+    create_dot = interpreter.InterpreterBuilder.create_dot
+
+    def bf16_as_fp32(t):
+        bits = np.ascontiguousarray(t.data).view(np.uint16).astype(np.uint32) << 16
+        return interpreter.TensorHandle(bits.view(np.float32), tl.float32)
+
+    def create_dot_widening_bf16(self, a, b, d, input_precision, max_num_imprecise_acc):
+        if a.dtype.scalar == tl.bfloat16:
+            a, b = bf16_as_fp32(a), bf16_as_fp32(b)
+        return create_dot(self, a, b, d, input_precision, max_num_imprecise_acc)
+
+    interpreter.InterpreterBuilder.create_dot = create_dot_widening_bf16
     interpreter._fastx_rounds_like_gpu = True
