@@ -4,6 +4,26 @@ Each op runs its Triton kernel on CUDA tensors (or everywhere with FASTX_BACKEND
 Triton's interpreter) and eager PyTorch otherwise; see fastx.ops._backend.
 """
 
+from fastx.ops.activations import bias_gelu, gelu, silu, silu_and_mul
+from fastx.ops.attention import scaled_dot_product_attention, varlen_attention
+from fastx.ops.conv import conv2d
 from fastx.ops.norms import add_layer_norm, add_rms_norm, layer_norm, rms_norm
+from fastx.ops.paged_attention import paged_decode_attention, write_kv_cache
+from fastx.ops.rotary import rotary_embedding
 
-__all__ = ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm"]
+__all__ = [
+    "layer_norm",
+    "rms_norm",
+    "add_layer_norm",
+    "add_rms_norm",
+    "gelu",
+    "bias_gelu",
+    "silu",
+    "silu_and_mul",
+    "rotary_embedding",
+    "conv2d",
+    "scaled_dot_product_attention",
+    "varlen_attention",
+    "write_kv_cache",
+    "paged_decode_attention",
+]
