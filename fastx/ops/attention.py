@@ -44,15 +44,32 @@ def _eager_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale):
     return out
 
 
-def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False, scale=None):
+def _gather_paged(cache: torch.Tensor, block_table: torch.Tensor, cu_seqlens_k: torch.Tensor) -> torch.Tensor:
+    """(num_blocks, P, K, D) cache -> packed (T_k, K, D) keys of every sequence, in order."""
+    page = cache.shape[1]
+    flat = cache.reshape(-1, *cache.shape[2:])  # (num_blocks * P, K, D)
+    lengths = (cu_seqlens_k[1:] - cu_seqlens_k[:-1]).tolist()
+    slots = []
+    for b, n in enumerate(lengths):
+        j = torch.arange(n, device=cache.device)
+        slots.append(block_table[b, j // page].long() * page + j % page)
+    return flat[torch.cat(slots)] if slots else flat[:0]
+
+
+def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False, scale=None,
+                     block_table=None):  # fmt: skip
     """Attention over a packed batch: q (T_q, H, D), k/v (T_k, K, D), int32 cu_seqlens (B + 1,).
 
     Causal masks use bottom-right alignment (query i sees keys j <= i + Lk - Lq), which is what
     chunked prefill and cached prefixes need; a row that sees no key outputs 0.
+    With `block_table` (B, max_blocks) int32, k and v are paged caches (num_blocks, P, K, D)
+    and cu_seqlens_k holds cumulative context lengths in the cache (see fastx.kernels.attention).
     """
     if use_triton(q, k, v):
         return _varlen_attention_kernel(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                                        causal=causal, scale=scale)  # fmt: skip
+                                        causal=causal, scale=scale, block_table=block_table)  # fmt: skip
+    if block_table is not None:
+        k, v = _gather_paged(k, block_table, cu_seqlens_k), _gather_paged(v, block_table, cu_seqlens_k)
     return _eager_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
 
 

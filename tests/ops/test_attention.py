@@ -152,3 +152,33 @@ def test_varlen_op_matches_reference(device, backend, causal):
     out = varlen_attention(q, k, v, cu_q, cu_k, 23, 23, causal=causal)
     assert not out.isnan().any()
     torch.testing.assert_close(out, _varlen_reference(q, k, v, lens_q, lens_k, causal).float())
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_varlen_attention_over_a_paged_cache_equals_dense(backend, monkeypatch, device):
+    """A prompt whose prefix is cached: its new queries attend through the block table."""
+    monkeypatch.setenv("FASTX_BACKEND", backend)
+    torch.manual_seed(3)
+    page, heads, kv_heads, dim = 8, 4, 2, 32
+    contexts, new = [19, 5], [3, 5]  # cached prefix + new tokens per sequence
+    k_all = [torch.randn(n, kv_heads, dim, device=device) for n in contexts]
+    v_all = [torch.randn(n, kv_heads, dim, device=device) for n in contexts]
+    blocks = torch.randperm(10, device=device)  # shuffled physical blocks
+    k_cache = torch.zeros(10, page, kv_heads, dim, device=device)
+    v_cache = torch.zeros_like(k_cache)
+    table = torch.zeros(2, 3, dtype=torch.int32, device=device)
+    used = 0
+    for b, n in enumerate(contexts):
+        for j in range(n):
+            if j % page == 0:
+                table[b, j // page] = blocks[used]
+                used += 1
+            k_cache[table[b, j // page], j % page] = k_all[b][j]
+            v_cache[table[b, j // page], j % page] = v_all[b][j]
+    q = torch.randn(sum(new), heads, dim, device=device)
+    cu_q = torch.tensor([0, 3, 8], dtype=torch.int32, device=device)
+    cu_k = torch.tensor([0, 19, 24], dtype=torch.int32, device=device)
+    got = varlen_attention(q, k_cache, v_cache, cu_q, cu_k, 5, 19, causal=True, block_table=table)
+    monkeypatch.setenv("FASTX_BACKEND", "torch")
+    dense = varlen_attention(q, torch.cat(k_all), torch.cat(v_all), cu_q, cu_k, 5, 19, causal=True)
+    torch.testing.assert_close(got, dense)
