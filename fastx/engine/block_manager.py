@@ -1,0 +1,191 @@
+"""Paged KV blocks: free list, per-sequence block tables, reference counts, prefix caching.
+
+A block holds `block_size` consecutive tokens of one sequence's K/V. Blocks are shared by
+reference count: between the n samples of one prompt (fork) and, with prefix caching, between
+any sequences whose token prefixes agree. A full block is identified by sha256(parent block's
+hash, its token ids): a collision-safe content address (Python's hash() is neither stable
+nor collision-safe). Freed blocks keep their hash and go to the back of the free list, so a
+later prompt with the same prefix can revive them; allocation takes from the front, i.e. the
+least recently freed block is reused first (LRU eviction of cached prefixes).
+Writing into a shared block first copies it (copy-on-write); the copies are returned to the
+caller (the runner), which performs them on the KV tensors before the step runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from fastx.engine.sequence import Sequence
+
+
+def block_hash(parent: bytes | None, token_ids: list[int]) -> bytes:
+    h = hashlib.sha256(parent or b"root")
+    h.update(b"".join(int(t).to_bytes(4, "little", signed=False) for t in token_ids))
+    return h.digest()
+
+
+@dataclass(slots=True)
+class Block:
+    block_id: int
+    ref_count: int = 0
+    hash: bytes | None = None  # set once the block is full and its content is final
+
+
+class BlockManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+        if num_blocks < 1:
+            raise ValueError(f"num_blocks: expected at least 1, got {num_blocks}")
+        if block_size < 1:
+            raise ValueError(f"block_size: expected at least 1, got {block_size}")
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.blocks = [Block(i) for i in range(num_blocks)]
+        self.free: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))  # front = LRU
+        self.cached: dict[bytes, int] = {}  # content hash -> block id (free or in use)
+        self.num_prefix_hits = 0  # tokens served from the prefix cache (for tests and stats)
+
+    # -- accounting ---------------------------------------------------------------------------
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self.free)
+
+    @property
+    def capacity_tokens(self) -> int:
+        return self.num_blocks * self.block_size
+
+    def blocks_needed(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    # -- allocation of a sequence's whole context ------------------------------------------------
+    def _cache_hits(self, seq: Sequence) -> list[int]:
+        """Block ids of the longest cached prefix; at least one token is always left to compute."""
+        if not self.enable_prefix_caching:
+            return []
+        hits, parent = [], None
+        for index in range((len(seq) - 1) // self.block_size):
+            parent = block_hash(parent, seq.block_token_ids(index, self.block_size))
+            block_id = self.cached.get(parent)
+            if block_id is None:
+                break
+            hits.append(block_id)
+        return hits
+
+    def can_allocate(self, seq: Sequence) -> bool:
+        hits = self._cache_hits(seq)
+        revived = sum(1 for b in hits if self.blocks[b].ref_count == 0)  # hits sitting in the free list
+        fresh = self.blocks_needed(len(seq)) - len(hits)
+        return fresh + revived <= self.num_free_blocks
+
+    def allocate(self, seq: Sequence) -> None:
+        """Give a waiting sequence blocks for all its tokens, reusing cached prefix blocks."""
+        assert not seq.block_table, "sequence already holds blocks"
+        hits = self._cache_hits(seq)
+        for block_id in hits:
+            seq.block_table.append(self._acquire(block_id))
+        for _ in range(self.blocks_needed(len(seq)) - len(hits)):
+            seq.block_table.append(self._allocate_fresh())
+        seq.num_cached_tokens = len(hits) * self.block_size
+        seq.num_computed_tokens = seq.num_cached_tokens
+        self.num_prefix_hits += seq.num_cached_tokens
+
+    def fork(self, parent: Sequence, child: Sequence) -> None:
+        """The child shares every block of the parent (n samples of one prompt)."""
+        assert not child.block_table
+        for block_id in parent.block_table:
+            self.blocks[block_id].ref_count += 1
+        child.block_table = list(parent.block_table)
+        child.num_computed_tokens = parent.num_computed_tokens
+        child.num_cached_tokens = parent.num_cached_tokens
+
+    def free_sequence(self, seq: Sequence) -> None:
+        """Release a finished, aborted or preempted sequence's blocks (tail first, so prefixes stay longest)."""
+        for block_id in reversed(seq.block_table):
+            block = self.blocks[block_id]
+            block.ref_count -= 1
+            assert block.ref_count >= 0
+            if block.ref_count == 0:
+                if block.hash is None or not self.enable_prefix_caching:
+                    self.free[block_id] = None
+                    self.free.move_to_end(block_id, last=False)  # contentless: reuse first
+                else:
+                    self.free[block_id] = None  # cached content: evicted only after older entries
+        seq.block_table = []
+        seq.num_computed_tokens = 0
+        seq.num_cached_tokens = 0
+
+    # -- growth by one token per decode step -------------------------------------------------------
+    def slot_needs(self, seq: Sequence) -> int:
+        """Free blocks needed before the token at position len(seq) - 1 can be written: 0 or 1."""
+        position = len(seq) - 1
+        index = position // self.block_size
+        if index >= len(seq.block_table):
+            return 1
+        return 1 if self.blocks[seq.block_table[index]].ref_count > 1 else 0
+
+    def prepare_slot(self, seq: Sequence) -> list[tuple[int, int]]:
+        """Make the block for position len(seq) - 1 exist and be exclusively owned.
+
+        Returns the (source, destination) block copies the runner must perform first.
+        """
+        position = len(seq) - 1
+        index = position // self.block_size
+        if index >= len(seq.block_table):
+            assert index == len(seq.block_table), "a sequence grows one block at a time"
+            seq.block_table.append(self._allocate_fresh())
+            return []
+        block = self.blocks[seq.block_table[index]]
+        if block.ref_count == 1:
+            if block.hash is not None:  # about to change: no longer the cached content
+                self._forget(block)
+            return []
+        new_id = self._allocate_fresh()
+        block.ref_count -= 1
+        seq.block_table[index] = new_id
+        return [(block.block_id, new_id)]
+
+    def register_full_blocks(self, seq: Sequence) -> None:
+        """Hash the blocks whose K/V is now complete so later sequences can share them."""
+        if not self.enable_prefix_caching:
+            return
+        parent = None
+        for index in range(seq.num_computed_tokens // self.block_size):
+            block = self.blocks[seq.block_table[index]]
+            parent = block_hash(parent, seq.block_token_ids(index, self.block_size))
+            if block.hash is None:
+                if parent in self.cached:
+                    continue  # the same content lives in another block already
+                block.hash = parent
+                self.cached[parent] = block.block_id
+            elif block.hash != parent:
+                break  # not this sequence's content (cannot happen for owned blocks)
+
+    # -- internals -------------------------------------------------------------------------------
+    def _allocate_fresh(self) -> int:
+        """Take the least recently freed block for new content (its old cached content is dropped)."""
+        if not self.free:
+            raise RuntimeError("no free KV block (the scheduler must check before allocating)")
+        block_id, _ = self.free.popitem(last=False)
+        block = self.blocks[block_id]
+        if block.hash is not None:
+            self._forget(block)
+        block.ref_count = 1
+        return block_id
+
+    def _acquire(self, block_id: int) -> int:
+        """Share a block with cached content, reviving it from the free list if needed."""
+        block = self.blocks[block_id]
+        if block.ref_count == 0:
+            del self.free[block_id]
+        block.ref_count += 1
+        return block_id
+
+    def _forget(self, block: Block) -> None:
+        if self.cached.get(block.hash) == block.block_id:
+            del self.cached[block.hash]
+        block.hash = None
