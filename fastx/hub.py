@@ -25,6 +25,7 @@ INFERENCE_FILES = [
     "merges.txt",
     "preprocessor_config.json",
     "chat_template.jinja",
+    "additional_chat_templates/*.jinja",
     "modules.json",
     "1_Pooling/config.json",
 ]
