@@ -232,8 +232,14 @@ class BertOnlyMLMHead(nn.Module):
         self.predictions = BertLMPredictionHead(config)
 
 
+# Heads built without a pooler still load checkpoints that carry one (bert-base-uncased does).
+_NO_POOLER = (r"^(bert\.)?pooler\.",)
+
+
 class BertForMaskedLM(_BertTaskModel):
-    ignored_checkpoint_keys = PreTrainedModel.ignored_checkpoint_keys + (r"^cls\.predictions\.decoder\.bias$",)
+    # the decoder bias duplicates cls.predictions.bias; seq_relationship is the pretraining NSP head
+    ignored_checkpoint_keys = PreTrainedModel.ignored_checkpoint_keys + _NO_POOLER + (
+        r"^cls\.predictions\.decoder\.bias$", r"^cls\.seq_relationship\.")
 
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -267,6 +273,7 @@ class BertForSequenceClassification(_BertTaskModel):
 
 
 class BertForTokenClassification(_BertTaskModel):
+    ignored_checkpoint_keys = PreTrainedModel.ignored_checkpoint_keys + _NO_POOLER
     def __init__(self, config: BertConfig):
         super().__init__()
         self.config = config

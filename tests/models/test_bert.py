@@ -89,3 +89,16 @@ def test_all_minilm_l6_v2_sentence_embeddings_match_transformers():
     got = embed(model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]).last_hidden_state)
     cosine = (got * expected).sum(-1)
     assert cosine.min() >= 0.99999, cosine
+
+
+def test_heads_without_pooler_load_a_pretraining_checkpoint(tmp_path):
+    """bert-base-uncased carries pooler and both pretraining heads; MLM and token heads ignore what they lack."""
+    torch.manual_seed(0)
+    reference = transformers.BertForPreTraining(transformers.BertConfig(**TINY)).eval()
+    reference.save_pretrained(tmp_path)
+    ids = torch.randint(0, 99, (2, 9))
+    with torch.no_grad():
+        expected = reference(input_ids=ids).prediction_logits
+    torch.testing.assert_close(AutoModelForMaskedLM.from_pretrained(tmp_path)(ids).logits, expected, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="missing tensors.*classifier"):
+        AutoModelForTokenClassification.from_pretrained(tmp_path)
