@@ -17,6 +17,12 @@ sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != _ROOT]
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# pytest-xdist runs one worker per core; torch's own thread pool in each worker would then
+# oversubscribe the cores, and small ops spend their time in spin-waits (measured: the engine
+# soak test ran 10x slower with 2 threads per worker on 2 cores than with 1).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
     from fastx.testing import make_interpreter_round_like_gpu  # noqa: E402
