@@ -40,3 +40,29 @@ def _alias_source_kernels() -> None:
 _alias_source_kernels()
 
 __version__ = "0.1.0"
+
+# The public API, imported on first use so `import fastx` stays light (no model or engine code).
+_LAZY = {
+    "LLM": "fastx.engine.llm",
+    "RequestOutput": "fastx.engine.llm",
+    "CompletionOutput": "fastx.engine.llm",
+    "SamplingParams": "fastx.engine.sampling_params",
+    "AutoConfig": "fastx.models",
+    "AutoModel": "fastx.models",
+    "AutoModelForCausalLM": "fastx.models",
+    "AutoModelForMaskedLM": "fastx.models",
+    "AutoModelForSequenceClassification": "fastx.models",
+    "AutoModelForTokenClassification": "fastx.models",
+    "AutoModelForImageClassification": "fastx.models",
+    "AutoTokenizer": "fastx.tokenizer",
+    "AutoImageProcessor": "fastx.image_processor",
+}
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fastx' has no attribute {name!r}")

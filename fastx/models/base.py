@@ -182,3 +182,16 @@ class PreTrainedModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
+
+
+class GenerationMixin:
+    """transformers' `model.generate(input_ids, ...)` for causal LMs, served by the paged engine.
+
+    The engine sits above the models (kernels <- ops <- models <- engine), so it is imported
+    only when generate is called.
+    """
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        from fastx.engine.generate import generate
+
+        return generate(self, input_ids, attention_mask, **kwargs)

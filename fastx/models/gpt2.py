@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 import fastx.ops as ops
 from fastx.models.attention import AttentionMetadata, causal_attention
-from fastx.models.base import PreTrainedModel
+from fastx.models.base import GenerationMixin, PreTrainedModel
 from fastx.models.outputs import BaseModelOutput, CausalLMOutput
 
 GELU_APPROXIMATION = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
@@ -215,7 +215,7 @@ class GPT2Model(_GPT2Base):
         )
 
 
-class GPT2LMHeadModel(_GPT2Base):
+class GPT2LMHeadModel(GenerationMixin, _GPT2Base):
     def __init__(self, config: GPT2Config):
         super().__init__()
         self.config = config

@@ -1,0 +1,249 @@
+"""`LLM`: vLLM's offline API (generate, chat, plus streaming) on fastx's paged engine."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence as Seq
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from fastx.engine.engine import Engine, EngineConfig
+from fastx.engine.sampling_params import SamplingParams
+from fastx.engine.sequence import Sequence
+
+
+@dataclass
+class CompletionOutput:
+    index: int
+    text: str
+    token_ids: list[int]
+    cumulative_logprob: float | None
+    logprobs: list[dict[int, float]] | None
+    finish_reason: str | None
+    stop_reason: int | str | None = None
+
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    outputs: list[CompletionOutput]
+    finished: bool = True
+    num_cached_tokens: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _completion(seq: Sequence) -> CompletionOutput:
+    logprobs = seq.logprobs if seq.params.logprobs is not None else None
+    cumulative = None
+    if logprobs is not None:
+        chosen = seq.output_token_ids
+        cumulative = float(sum(step[token] for step, token in zip(logprobs, chosen)))
+    return CompletionOutput(seq.sample_index, seq.output_text, list(seq.output_token_ids), cumulative, logprobs,
+                            seq.finish_reason, seq.stop_reason)  # fmt: skip
+
+
+def _max_model_len(config) -> int:
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    raise ValueError(f"{type(config).__name__}: no max_position_embeddings / n_positions to bound sequence length")
+
+
+class LLM:
+    """Offline generation with continuous batching on a paged KV cache (vLLM's `LLM`)."""
+
+    def __init__(
+        self,
+        model: str | os.PathLike | torch.nn.Module,
+        dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
+        block_size: int = 16,
+        num_kv_blocks: int | None = None,
+        kv_cache_memory: int | None = None,
+        max_num_seqs: int = 256,
+        max_num_batched_tokens: int = 8192,
+        enable_prefix_caching: bool = True,
+        seed: int = 0,
+        tokenizer: str | os.PathLike | Any | None = None,
+        skip_tokenizer_init: bool = False,
+        revision: str | None = None,
+    ):
+        from fastx.models import AutoModelForCausalLM
+
+        if isinstance(model, torch.nn.Module):
+            self.model = model
+            source = getattr(model, "name_or_path", None)
+        else:
+            source = model
+            if device is None:
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, device=device, revision=revision)
+        self.tokenizer = None if skip_tokenizer_init else self._load_tokenizer(tokenizer or source, revision)
+        config = self.model.config
+        eos = self._eos_ids(config, source)
+        config_obj = EngineConfig(block_size, num_kv_blocks, kv_cache_memory, max_num_seqs, max_num_batched_tokens,
+                                  enable_prefix_caching, seed)  # fmt: skip
+        factory = None
+        if self.tokenizer is not None:
+            from fastx.tokenizer import IncrementalDetokenizer
+
+            factory = lambda prompt_ids, p: IncrementalDetokenizer(self.tokenizer, prompt_ids, p.skip_special_tokens)  # noqa: E731
+        self.engine = Engine(self.model, config_obj, eos, _max_model_len(config), config.vocab_size, factory)
+
+    # -- setup -----------------------------------------------------------------------------------
+    @staticmethod
+    def _load_tokenizer(source, revision):
+        if source is None:
+            return None
+        if not isinstance(source, (str, os.PathLike)):
+            return source  # a tokenizer object
+        from fastx.hub import resolve_checkpoint
+        from fastx.tokenizer import AutoTokenizer
+
+        folder = resolve_checkpoint(source, revision=revision)
+        if not (folder / "tokenizer.json").exists() and not (folder / "vocab.txt").exists():
+            return None  # served from token ids only, as vLLM's skip_tokenizer_init
+        return AutoTokenizer.from_pretrained(folder)
+
+    def _eos_ids(self, config, source) -> set[int]:
+        ids: set[int] = set()
+
+        def add(value):
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, (list, tuple)):
+                ids.update(v for v in value if isinstance(v, int))
+
+        add(getattr(config, "eos_token_id", None))
+        if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
+            path = os.path.join(source, "generation_config.json")
+            if os.path.exists(path):
+                from fastx.models.config import read_json
+
+                add(read_json(path).get("eos_token_id"))
+        if self.tokenizer is not None:
+            add(getattr(self.tokenizer, "eos_token_id", None))
+        return ids
+
+    def get_tokenizer(self):
+        return self.tokenizer
+
+    # -- prompts ---------------------------------------------------------------------------------
+    def _prompt_ids(self, prompt) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, dict):
+            if "prompt_token_ids" in prompt:
+                return prompt.get("prompt"), list(prompt["prompt_token_ids"])
+            prompt = prompt.get("prompt")
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("prompts: a text prompt needs a tokenizer; this model has none, pass token ids")
+            return prompt, self.tokenizer.encode(prompt)
+        if isinstance(prompt, (list, tuple)) and all(isinstance(t, int) for t in prompt):
+            return None, list(prompt)
+        raise ValueError(f"prompts: expected a string, a list of token ids or a dict, got {type(prompt).__name__}")
+
+    def _normalise(self, prompts, sampling_params) -> list[tuple[str | None, list[int], SamplingParams]]:
+        single = isinstance(prompts, (str, dict)) or (
+            isinstance(prompts, (list, tuple)) and prompts and all(isinstance(t, int) for t in prompts)
+        )
+        prompt_list = [prompts] if single else list(prompts)
+        if sampling_params is None:
+            sampling_params = SamplingParams()
+        if isinstance(sampling_params, SamplingParams):
+            params = [sampling_params] * len(prompt_list)
+        else:
+            params = list(sampling_params)
+            if len(params) != len(prompt_list):
+                raise ValueError(f"sampling_params: expected one per prompt ({len(prompt_list)}), got {len(params)}")
+        return [(*self._prompt_ids(p), sp) for p, sp in zip(prompt_list, params)]
+
+    def _add(self, items) -> list[tuple[int, str | None, list[int]]]:
+        """Validate every prompt first, so a bad one leaves the engine untouched."""
+        for _, ids, params in items:
+            self.engine.validate_request(ids, params)
+        return [(self.engine.add_request(ids, params), text, ids) for text, ids, params in items]
+
+    def _output(self, request_id: int, text: str | None, ids: list[int], pop: bool = True) -> RequestOutput:
+        request = self.engine.pop_request(request_id) if pop else self.engine.requests[request_id]
+        outputs = [_completion(s) for s in sorted(request.seqs, key=lambda s: s.sample_index)]
+        cached = request.seqs[0].num_cached_tokens if request.seqs else 0
+        return RequestOutput(str(request_id), text, ids, outputs, request.finished, cached)
+
+    # -- the API -----------------------------------------------------------------------------------
+    def generate(self, prompts, sampling_params=None, use_tqdm: bool = True) -> list[RequestOutput]:
+        """Generate for every prompt with continuous batching; outputs in prompt order."""
+        added = self._add(self._normalise(prompts, sampling_params))
+        progress = None
+        if use_tqdm:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=len(added), desc="Processed prompts", dynamic_ncols=True)
+        try:
+            pending = {rid for rid, _, _ in added}
+            while pending:
+                self.engine.step()
+                done = {rid for rid in pending if self.engine.requests[rid].finished}
+                pending -= done
+                if progress is not None and done:
+                    progress.update(len(done))
+        except BaseException:
+            for rid, _, _ in added:
+                if rid in self.engine.requests:
+                    self.engine.abort(rid)
+                    self.engine.pop_request(rid)
+            raise
+        finally:
+            if progress is not None:
+                progress.close()
+        return [self._output(rid, text, ids) for rid, text, ids in added]
+
+    def chat(self, messages, sampling_params=None, use_tqdm: bool = True, add_generation_prompt: bool = True,
+             chat_template: str | None = None) -> list[RequestOutput]:  # fmt: skip
+        """One conversation (a list of {"role", "content"}) or a list of them, through the chat template."""
+        if self.tokenizer is None:
+            raise ValueError("chat: needs a tokenizer with a chat template; this model has no tokenizer")
+        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        prompts = [
+            {"prompt_token_ids": self.tokenizer.apply_chat_template(c, tokenize=True, add_generation_prompt=add_generation_prompt,
+                                                                    chat_template=chat_template)}  # fmt: skip
+            for c in conversations
+        ]
+        return self.generate(prompts, sampling_params, use_tqdm)
+
+    def stream(self, prompt, sampling_params: SamplingParams | None = None) -> Iterator[str]:
+        """Yield text deltas as tokens are produced; closing the generator aborts the request.
+
+        Text that could be the start of a stop string is held back until it is known not to be.
+        """
+        ((text, ids, params),) = self._normalise(prompt, sampling_params)
+        if params.n != 1:
+            raise ValueError(f"SamplingParams.n: stream supports n=1, got {params.n}")
+        ((request_id, _, _),) = self._add([(text, ids, params)])
+        hold = max((len(s) for s in params.stop_strings), default=1) - 1
+        emitted = 0
+        try:
+            while True:
+                request = self.engine.requests[request_id]
+                seq = request.seqs[0]
+                if request.finished:
+                    if len(seq.output_text) > emitted:
+                        yield seq.output_text[emitted:]
+                    return
+                self.engine.step()
+                safe = len(seq.output_text) - (0 if seq.is_finished else hold)
+                if safe > emitted:
+                    yield seq.output_text[emitted:safe]
+                    emitted = safe
+        finally:
+            if request_id in self.engine.requests:
+                self.engine.abort(request_id)
+                self.engine.pop_request(request_id)

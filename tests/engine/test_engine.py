@@ -1,0 +1,176 @@
+"""The paged engine against transformers' generate: greedy equality, preemption, prefix caching, n, seeds."""
+
+import random
+
+import pytest
+import torch
+import transformers
+
+from fastx import LLM, SamplingParams
+
+GREEDY = SamplingParams(temperature=0, max_tokens=64, ignore_eos=True)
+PROMPTS = [[1, 2, 3, 4, 5], [7] * 13, [9, 8, 7], list(range(20, 57))]
+
+
+def _tiny(kind, folder):
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        config = transformers.GPT2Config(vocab_size=101, n_embd=80, n_head=5, n_layer=3, n_inner=200, n_positions=160)
+        model = transformers.GPT2LMHeadModel(config)
+    else:  # Llama with GQA (6 query heads over 2 kv heads)
+        config = transformers.LlamaConfig(vocab_size=101, hidden_size=96, num_attention_heads=6, num_key_value_heads=2,
+                                          intermediate_size=200, num_hidden_layers=3, max_position_embeddings=160)  # fmt: skip
+        model = transformers.LlamaForCausalLM(config)
+    model.eval().save_pretrained(folder)
+    return model
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def tiny(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(request.param)
+    return _tiny(request.param, folder), folder
+
+
+def _reference(model, prompt, n):
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
+    return out[0, len(prompt) :].tolist()
+
+
+def _ids(outputs):
+    return [o.outputs[0].token_ids for o in outputs]
+
+
+def test_greedy_tokens_equal_transformers_for_a_mixed_batch(tiny):
+    model, folder = tiny
+    outputs = LLM(folder, num_kv_blocks=64).generate(PROMPTS, GREEDY, use_tqdm=False)
+    for prompt, out in zip(PROMPTS, outputs):
+        assert out.prompt_token_ids == prompt
+        assert out.outputs[0].token_ids == _reference(model, prompt, 64)
+        assert out.outputs[0].finish_reason == "length"
+
+
+def test_preemption_and_chunked_prefill_do_not_change_greedy_output(tiny):
+    _, folder = tiny
+    expected = _ids(LLM(folder, num_kv_blocks=64).generate(PROMPTS, GREEDY, use_tqdm=False))
+    # 112 slots: the longest sequence (37 + 64) fits alone, the four together (~330) need preemption
+    small = LLM(folder, num_kv_blocks=14, block_size=8, max_num_batched_tokens=16)
+    assert _ids(small.generate(PROMPTS, GREEDY, use_tqdm=False)) == expected
+    assert small.engine.scheduler.num_preemptions > 0
+    assert small.engine.block_manager.num_free_blocks == 14  # nothing leaked
+
+
+def test_prefix_caching_gives_the_same_output_and_computes_fewer_tokens(tiny):
+    _, folder = tiny
+    shared = list(range(30, 70))
+    prompts = [shared + [1, 2], shared + [3]]
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    off = LLM(folder, num_kv_blocks=64, enable_prefix_caching=False)
+    on = LLM(folder, num_kv_blocks=64)
+    expected = _ids(off.generate(prompts, params, use_tqdm=False))
+    assert _ids(on.generate(prompts, params, use_tqdm=False)) == expected
+    first_run = on.engine.num_prefill_tokens
+    assert _ids(on.generate(prompts, params, use_tqdm=False)) == expected
+    second_run = on.engine.num_prefill_tokens - first_run
+    assert second_run < first_run / 4, (first_run, second_run)
+
+
+def test_parallel_samples_share_the_prompt_blocks(tiny):
+    _, folder = tiny
+    prompt = [t % 101 for t in range(100)]  # 6 full blocks of 16 shared by all samples, 1 partial block each
+    llm = LLM(folder, num_kv_blocks=64)
+
+    def blocks_used(n):
+        params = SamplingParams(n=n, temperature=1.0, max_tokens=6, seed=3, ignore_eos=True)
+        llm.engine.add_request(prompt, params)
+        peak = 0
+        while llm.engine.has_unfinished():
+            llm.engine.step()
+            peak = max(peak, 64 - llm.engine.block_manager.num_free_blocks)
+        (request_id,) = list(llm.engine.requests)
+        return peak, llm.engine.pop_request(request_id)
+
+    one, _ = blocks_used(1)
+    four, request = blocks_used(4)
+    assert len(request.seqs) == 4 and all(len(s.output_token_ids) == 6 for s in request.seqs)
+    assert four <= 1.5 * one, (one, four)  # 10 blocks vs 7 here; vLLM-style sharing, no prompt copies
+
+
+def test_seeded_sampling_does_not_depend_on_the_batch(tiny):
+    _, folder = tiny
+    seeded = SamplingParams(temperature=0.9, top_p=0.95, max_tokens=12, seed=11, ignore_eos=True)
+    other = SamplingParams(temperature=1.0, max_tokens=20, ignore_eos=True)
+    alone = _ids(LLM(folder, num_kv_blocks=64).generate([PROMPTS[0]], seeded, use_tqdm=False))
+    batched = LLM(folder, num_kv_blocks=64, seed=5).generate(PROMPTS, [other, seeded, other, other], use_tqdm=False)
+    again = _ids(LLM(folder, num_kv_blocks=64).generate([PROMPTS[1]], seeded, use_tqdm=False))
+    assert batched[1].outputs[0].token_ids == again[0]
+    assert len(alone[0]) == 12
+
+
+def test_bad_requests_raise_before_any_state_changes_and_the_engine_keeps_serving(tiny):
+    _, folder = tiny
+    llm = LLM(folder, num_kv_blocks=8, block_size=8)
+    for prompts, message in [
+        ([[]], "empty prompt"),
+        ([[5, 101]], "outside the vocabulary"),
+        ([list(range(1, 100)) * 2], "maximum is 160"),
+        ([[1] * 70], "do not fit the KV cache"),
+        ([[1, 2], "text"], "needs a tokenizer"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            llm.generate(prompts, GREEDY, use_tqdm=False)
+        assert not llm.engine.requests and llm.engine.block_manager.num_free_blocks == 8
+    with pytest.raises(ValueError, match="SamplingParams.top_p"):
+        llm.generate([[1]], SamplingParams(top_p=0))
+    out = llm.generate([[1, 2, 3]], SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)
+    assert len(out[0].outputs[0].token_ids) == 4
+
+
+def test_soak_random_requests_with_aborts_and_preemptions_leak_nothing(tiny):
+    model_kind = tiny[1].name
+    if not model_kind.startswith("gpt2"):
+        pytest.skip("one architecture is enough for the soak")
+    _, folder = tiny
+    rng = random.Random(0)
+    llm = LLM(folder, num_kv_blocks=24, block_size=4, max_num_seqs=16, max_num_batched_tokens=64)
+    engine = llm.engine
+    finished = aborted = 0
+    live: list[int] = []
+    for i in range(1000):
+        prompt = [rng.randrange(101) for _ in range(rng.randint(1, 24))]
+        params = SamplingParams(temperature=rng.choice([0, 1.0]), max_tokens=rng.randint(1, 12), seed=i, ignore_eos=True)
+        live.append(engine.add_request(prompt, params))
+        if rng.random() < 0.5:
+            engine.step()
+        if live and rng.random() < 0.1:
+            victim = live.pop(rng.randrange(len(live)))
+            engine.abort(victim)
+        for rid in [r for r in live if engine.requests[r].finished]:
+            live.remove(rid)
+    while engine.has_unfinished():
+        engine.step()
+    for rid in list(engine.requests):
+        request = engine.pop_request(rid)
+        for seq in request.seqs:
+            assert seq.finish_reason in ("length", "abort")
+            finished += seq.finish_reason == "length"
+            aborted += seq.finish_reason == "abort"
+    assert finished + aborted == 1000 and aborted > 0
+    assert engine.block_manager.num_free_blocks == 24
+    assert engine.scheduler.num_preemptions > 0
+    assert not engine.scheduler.running and not engine.scheduler.waiting
+
+
+def test_model_generate_returns_transformers_layout_with_padding(tiny):
+    """model.generate on a left-padded batch: prompt (as given) + new tokens, like transformers."""
+    model, folder = tiny
+    from fastx import AutoModelForCausalLM
+
+    ours = AutoModelForCausalLM.from_pretrained(folder)
+    ids = torch.tensor([[0, 0, 5, 6, 7], [1, 2, 3, 4, 5]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    out = ours.generate(ids, attention_mask=mask, max_new_tokens=10, pad_token_id=0)
+    assert out.shape == (2, 15) and torch.equal(out[:, :5], ids)
+    for row in range(2):
+        prompt = ids[row][mask[row].bool()].tolist()
+        assert out[row, 5:].tolist() == _reference(model, prompt, 10)  # padding changes nothing
