@@ -562,7 +562,15 @@ class AutoTokenizer:
         cache_dir: str | os.PathLike | None = None,
         local_files_only: bool = False,
         token: str | bool | None = None,
+        gguf_file: str | os.PathLike | None = None,
     ) -> Tokenizer:
+        from fastx.gguf import load_gguf_tokenizer, resolve_gguf_file
+
+        # A GGUF file (a .gguf path, or gguf_file=name in a folder / repo) carries its own vocabulary.
+        gguf_path = resolve_gguf_file(name_or_path, gguf_file, revision=revision, cache_dir=cache_dir,
+                                      local_files_only=local_files_only, token=token)  # fmt: skip
+        if gguf_path is not None:
+            return load_gguf_tokenizer(gguf_path, name_or_path=str(name_or_path))
         folder = resolve_checkpoint(
             name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
         )

@@ -10,6 +10,7 @@ import importlib
 import os
 from typing import Any
 
+from fastx.gguf import gguf_model_type, resolve_gguf_file
 from fastx.hub import resolve_checkpoint
 from fastx.models.config import config_from_dict, read_json
 
@@ -51,6 +52,12 @@ def _model_type(folder, name_or_path) -> tuple[str, dict[str, Any]]:
     return model_type, data
 
 
+def _gguf_path(name_or_path, gguf_file, revision, cache_dir, local_files_only, token):
+    """The GGUF file to load (a .gguf path, or gguf_file=name in a folder / repo), or None (fastx.gguf)."""
+    return resolve_gguf_file(name_or_path, gguf_file, revision=revision, cache_dir=cache_dir,
+                             local_files_only=local_files_only, token=token)  # fmt: skip
+
+
 def _class_for(auto_name: str, model_type: str, name_or_path):
     module_name, classes = MODEL_TYPES[model_type]
     if auto_name not in classes:
@@ -67,7 +74,13 @@ class _AutoModelBase:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, revision=None, cache_dir=None, local_files_only=False,
-                        token=None, **kwargs):  # fmt: skip
+                        token=None, gguf_file=None, **kwargs):  # fmt: skip
+        gguf_path = _gguf_path(name_or_path, gguf_file, revision, cache_dir, local_files_only, token)
+        if gguf_path is not None:  # GGUF: the model type is the file's general.architecture
+            model_class = _class_for(cls._auto_name, gguf_model_type(gguf_path)[0], name_or_path)
+            model = model_class.from_pretrained(gguf_path, **kwargs)
+            model.name_or_path = str(name_or_path)
+            return model
         folder = resolve_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir,
                                     local_files_only=local_files_only, token=token)  # fmt: skip
         model_type, _ = _model_type(folder, name_or_path)
@@ -82,7 +95,13 @@ class AutoConfig:
         raise TypeError("AutoConfig is a factory: use AutoConfig.from_pretrained(...)")
 
     @classmethod
-    def from_pretrained(cls, name_or_path, revision=None, cache_dir=None, local_files_only=False, token=None):
+    def from_pretrained(cls, name_or_path, revision=None, cache_dir=None, local_files_only=False, token=None,
+                        gguf_file=None):  # fmt: skip
+        gguf_path = _gguf_path(name_or_path, gguf_file, revision, cache_dir, local_files_only, token)
+        if gguf_path is not None:
+            model_type, data = gguf_model_type(gguf_path)
+            model_class = _class_for("AutoModel", model_type, name_or_path)
+            return config_from_dict(model_class.config_class, data, str(gguf_path))
         folder = resolve_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir,
                                     local_files_only=local_files_only, token=token)  # fmt: skip
         model_type, data = _model_type(folder, name_or_path)

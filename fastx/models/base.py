@@ -71,19 +71,34 @@ class PreTrainedModel(nn.Module):
         local_files_only: bool = False,
         token: str | bool | None = None,
         torch_dtype: torch.dtype | str | None = None,
+        gguf_file: str | os.PathLike | None = None,
     ):
-        """Load a checkpoint (Hub repo id or local folder) ready for inference (eval mode, no grads)."""
-        folder = resolve_checkpoint(
-            name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
-        )
-        config_path = folder / "config.json"
-        data = read_json(config_path)
+        """Load a checkpoint (Hub repo id, local folder or .gguf file) ready for inference (eval mode, no grads)."""
+        from fastx.gguf import read_gguf, resolve_gguf_file
+
+        # GGUF (llama.cpp's single file): a path to the .gguf, or a folder / repo id with gguf_file=name.
+        gguf_path = resolve_gguf_file(name_or_path, gguf_file, revision=revision, cache_dir=cache_dir,
+                                      local_files_only=local_files_only, token=token)  # fmt: skip
+        gguf = read_gguf(gguf_path) if gguf_path is not None else None
+        if gguf is not None:  # its metadata is the config
+            from fastx.models.auto import MODEL_TYPES
+
+            folder = config_path = gguf_path
+            data = gguf.config
+            if MODEL_TYPES[data["model_type"]][0] != cls.config_class.__module__:
+                raise ValueError(f"{gguf_path}: a GGUF {data['model_type']} checkpoint cannot load into {cls.__name__}")
+        else:
+            folder = resolve_checkpoint(
+                name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
+            )
+            config_path = folder / "config.json"
+            data = read_json(config_path)
         config = config_from_dict(cls.config_class, data, str(config_path))
         target_dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, data)
         device = torch.device(device) if device is not None else torch.device("cpu")
         with torch.device("meta"):
             model = cls(config)
-        model.load_checkpoint(folder, target_dtype, device)
+        model.load_checkpoint(folder, target_dtype, device, gguf=gguf)
         model.name_or_path = str(name_or_path)
         return model.eval().requires_grad_(False)
 
@@ -108,32 +123,40 @@ class PreTrainedModel(nn.Module):
                 return candidate
         return None
 
-    def load_checkpoint(self, folder: Path, dtype: torch.dtype, device: torch.device) -> None:
+    @staticmethod
+    def _checkpoint_entries(folder: Path, dtype: torch.dtype, gguf=None) -> Iterator[tuple[Path, str, torch.Tensor]]:
+        """(file, name, tensor) of every checkpoint tensor: safetensors files, or one GGUF (fastx.gguf)."""
+        if gguf is not None:
+            yield from ((gguf.path, name, tensor) for name, tensor in gguf.tensors(dtype))
+            return
+        for file in checkpoint_files(folder):
+            yield from ((file, name, tensor) for name, tensor in iter_safetensors(file, dtype))
+
+    def load_checkpoint(self, folder: Path, dtype: torch.dtype, device: torch.device, gguf=None) -> None:
         params = dict(self.named_parameters())
         top_level = {n.split(".")[0] for n in params}
         pieces: dict[str, dict[int, torch.Tensor]] = {}
         loaded: set[str] = set()
-        for file in checkpoint_files(folder):
-            for raw_name, raw_tensor in iter_safetensors(file, dtype):
-                if any(re.search(p, raw_name) for p in self.ignored_checkpoint_keys):
-                    continue
-                for name, tensor in self.checkpoint_tensors(raw_name, raw_tensor):
-                    name, part = self._packed_name(name, params)
-                    target = self._target_name(name, params)
-                    if target is None:
-                        stripped = name.removeprefix(self.base_model_prefix + ".") if self.base_model_prefix else name
-                        if stripped.split(".")[0] in top_level or name.split(".")[0] in top_level:
-                            raise ValueError(f"{file}: unexpected tensor {raw_name!r}: no such parameter in {type(self).__name__}")
-                        continue  # a head this class does not have (e.g. the MLM head under AutoModel)
-                    if part is not None:
-                        pieces.setdefault(target, {})[part] = tensor
-                        count = len(self._packed_parts(target))
-                        if len(pieces[target]) < count:
-                            continue
-                        parts = pieces.pop(target)
-                        tensor = torch.cat([parts[i] for i in range(count)], dim=0)
-                    self._assign(target, tensor, params[target], device, file)
-                    loaded.add(target)
+        for file, raw_name, raw_tensor in self._checkpoint_entries(folder, dtype, gguf):
+            if any(re.search(p, raw_name) for p in self.ignored_checkpoint_keys):
+                continue
+            for name, tensor in self.checkpoint_tensors(raw_name, raw_tensor):
+                name, part = self._packed_name(name, params)
+                target = self._target_name(name, params)
+                if target is None:
+                    stripped = name.removeprefix(self.base_model_prefix + ".") if self.base_model_prefix else name
+                    if stripped.split(".")[0] in top_level or name.split(".")[0] in top_level:
+                        raise ValueError(f"{file}: unexpected tensor {raw_name!r}: no such parameter in {type(self).__name__}")
+                    continue  # a head this class does not have (e.g. the MLM head under AutoModel)
+                if part is not None:
+                    pieces.setdefault(target, {})[part] = tensor
+                    count = len(self._packed_parts(target))
+                    if len(pieces[target]) < count:
+                        continue
+                    parts = pieces.pop(target)
+                    tensor = torch.cat([parts[i] for i in range(count)], dim=0)
+                self._assign(target, tensor, params[target], device, file)
+                loaded.add(target)
         for target, got in pieces.items():
             missing = [p for i, p in enumerate(self._packed_parts(target)) if i not in got]
             raise ValueError(f"{folder}: checkpoint lacks {missing} for packed parameter {target!r}")

@@ -45,15 +45,18 @@ def paged_decode_attention(
     n_seqs, n_heads, head_dim = q.shape
     _, block_size, kv_heads, _ = k_cache.shape
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
-    out = torch.zeros_like(q, memory_format=torch.contiguous_format)  # context_len 0 -> zeros
-    for i, n in enumerate(context_lens.tolist()):
-        if n == 0:
-            continue
-        table = block_tables[i, : -(-n // block_size)].long()
-        k = k_cache[table].reshape(-1, kv_heads, head_dim)[:n].float()  # (n, K, D)
-        v = v_cache[table].reshape(-1, kv_heads, head_dim)[:n].float()
-        qi = q[i].float().view(kv_heads, n_heads // kv_heads, head_dim)  # (K, G, D)
-        logits = torch.einsum("kgd,nkd->kgn", qi, k) * scale  # fp32 softmax, as in the kernel
-        o = torch.einsum("kgn,nkd->kgd", torch.softmax(logits, dim=-1), v)
-        out[i] = o.reshape(n_heads, head_dim).to(q.dtype)
-    return out
+    if n_seqs == 0:
+        return torch.zeros_like(q)
+    # One batched gather and one SDPA call for all sequences (a per-sequence loop cost ~10x
+    # more per decode step on the CPU): pad every context to the longest, mask the padding.
+    lens = context_lens.long()
+    width = max(-(-int(lens.max()) // block_size), 1)
+    tables = block_tables[:, :width].long()  # (S, W)
+    compute = torch.float32 if q.dtype != torch.float32 else q.dtype  # fp32 softmax, as in the kernel
+    k = k_cache[tables].reshape(n_seqs, width * block_size, kv_heads, head_dim).transpose(1, 2).to(compute)  # (S, K, L, D)
+    v = v_cache[tables].reshape(n_seqs, width * block_size, kv_heads, head_dim).transpose(1, 2).to(compute)
+    qg = q.reshape(n_seqs, kv_heads, n_heads // kv_heads, head_dim).to(compute)  # (S, K, G, D): a group per kv head
+    visible = torch.arange(width * block_size, device=q.device)[None, :] < lens[:, None]  # (S, L)
+    out = torch.nn.functional.scaled_dot_product_attention(qg, k, v, attn_mask=visible[:, None, None, :], scale=scale)
+    out = out.masked_fill((lens == 0)[:, None, None, None], 0.0)  # no context -> zeros, never NaN
+    return out.reshape(n_seqs, n_heads, head_dim).to(q.dtype)

@@ -1,0 +1,476 @@
+"""GGUF checkpoints (llama.cpp's single-file format) -> a config dict, transformers-named tensors, a tokenizer.
+
+A GGUF file is: magic "GGUF", a version, a metadata table of typed key/value pairs (the model's
+hyperparameters under `<architecture>.*`, the tokenizer under `tokenizer.*`), a table of tensor
+descriptions (name, dims fastest-moving first, ggml type, offset), padding to the alignment, and the
+tensor data. The header is parsed here with bounds checks on every read, so a truncated or foreign file
+fails with a ValueError that names it; the `gguf` package is used only to dequantize block-quantized
+tensors (Q4_0, Q4_1, Q8_0, K-quants, ...).
+
+Semantics follow transformers' GGUF loader: the same metadata -> config mapping, tensor names, the
+reverse of llama.cpp's rotary row permutation of q/k, and a tokenizer built the way transformers builds
+it (byte-level BPE for `tokenizer.ggml.model == "gpt2"`, sentencepiece-style BPE for "llama").
+Only the Llama architecture is supported.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+SUPPORTED_ARCHITECTURES = ("llama",)
+GGUF_VERSIONS = (2, 3)
+DEFAULT_ALIGNMENT = 32
+
+# GGUF metadata value types: id -> (struct format, size); 8 = string and 9 = array are handled apart.
+_SCALARS = {0: ("<B", 1), 1: ("<b", 1), 2: ("<H", 2), 3: ("<h", 2), 4: ("<I", 4), 5: ("<i", 4), 6: ("<f", 4),
+            7: ("<?", 1), 10: ("<Q", 8), 11: ("<q", 8), 12: ("<d", 8)}  # fmt: skip
+_NUMPY = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?", 10: "<u8", 11: "<i8", 12: "<f8"}
+_STRING, _ARRAY = 8, 9
+
+# llama.cpp tensor names -> transformers' LlamaForCausalLM names ({} = layer index).
+_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+_LAYER_NAMES = {
+    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+}  # fmt: skip
+# Tensors llama.cpp writes that transformers' Llama has no place for (Llama 3.1's rope factors).
+_IGNORED_TENSORS = ("rope_freqs.weight",)
+
+
+def _gguf_package():
+    try:
+        import gguf
+    except ImportError:
+        raise ImportError("reading quantized GGUF tensors needs the `gguf` package: pip install gguf") from None
+    return gguf
+
+
+# ---------------------------------------------------------------------------------------------
+# Header parsing
+# ---------------------------------------------------------------------------------------------
+class _Cursor:
+    """Bounds-checked little-endian reads from the mapped file."""
+
+    def __init__(self, buf, size: int, path: Path):
+        self.buf, self.size, self.path, self.pos = buf, size, path, 0
+
+    def need(self, nbytes: int, what: str) -> None:
+        if nbytes < 0 or self.pos + nbytes > self.size:
+            raise ValueError(f"{self.path}: truncated GGUF file: {what} needs {nbytes} bytes at offset {self.pos}, "
+                             f"the file has {self.size}")  # fmt: skip
+
+    def scalar(self, type_id: int, what: str):
+        fmt, nbytes = _SCALARS[type_id]
+        self.need(nbytes, what)
+        (value,) = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += nbytes
+        return value
+
+    def string(self, what: str) -> str:
+        length = self.scalar(10, what)
+        self.need(length, what)
+        raw = self.buf[self.pos : self.pos + length]
+        self.pos += length
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{self.path}: {what} is not valid UTF-8") from None
+
+    def value(self, type_id: int, what: str):
+        if type_id in _SCALARS:
+            return self.scalar(type_id, what)
+        if type_id == _STRING:
+            return self.string(what)
+        if type_id == _ARRAY:
+            item_type, count = self.scalar(4, what), self.scalar(10, what)
+            if item_type in _NUMPY:  # numeric arrays in one read
+                nbytes = count * np.dtype(_NUMPY[item_type]).itemsize
+                self.need(nbytes, what)
+                values = np.frombuffer(self.buf, dtype=_NUMPY[item_type], count=count, offset=self.pos).tolist()
+                self.pos += nbytes
+                return values
+            if count > self.size - self.pos:  # every element takes at least one byte
+                self.need(count, what)
+            return [self.value(item_type, what) for _ in range(count)]
+        raise ValueError(f"{self.path}: {what} has unknown GGUF value type {type_id}")
+
+
+class GGUFCheckpoint:
+    """One parsed GGUF file: `.config` (config.json-like dict), `.tensors()`, `.tokenizer_data`, `.metadata`."""
+
+    def __init__(self, path: Path, metadata: dict[str, Any], tensor_infos: list[tuple], mapped, data_start: int):
+        self.path = path
+        self.metadata = metadata
+        # (name, ggml type id, torch shape (slowest first), byte offset in the file, byte size)
+        self.tensor_infos = tensor_infos
+        self._mapped = mapped
+        self._data_start = data_start
+        self.architecture = metadata["general.architecture"]
+        self.config = _llama_config(self)
+        self.tokenizer_data = {key.removeprefix("tokenizer.").removeprefix("ggml."): value
+                               for key, value in metadata.items() if key.startswith("tokenizer.")}  # fmt: skip
+
+    @property
+    def tensor_names(self) -> list[str]:
+        return [info[0] for info in self.tensor_infos]
+
+    def tensors(self, dtype: torch.dtype = torch.float32) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield (transformers name, tensor of `dtype`) one at a time, dequantized, q/k rows un-permuted."""
+        for name, type_id, shape, offset, nbytes in self.tensor_infos:
+            if name in _IGNORED_TENSORS:
+                continue
+            target = transformers_name(name)
+            if target is None:
+                raise ValueError(f"{self.path}: tensor {name!r} has no counterpart in a Llama model "
+                                 "(an architecture variant fastx does not support)")  # fmt: skip
+            tensor = self._dequantize(name, type_id, shape, offset, nbytes)
+            if ".attn_q." in name or ".attn_k." in name:
+                heads = self.config["num_attention_heads" if ".attn_q." in name else "num_key_value_heads"]
+                tensor = _unpermute_rotary_rows(tensor, heads, self.path, name)
+            yield target, tensor.to(dtype)
+
+    def _dequantize(self, name: str, type_id: int, shape: tuple[int, ...], offset: int, nbytes: int) -> torch.Tensor:
+        raw = np.frombuffer(self._mapped, dtype=np.uint8, count=nbytes, offset=offset)
+        if type_id == 0:  # F32
+            array = raw.view("<f4")
+        elif type_id == 1:  # F16
+            array = raw.view("<f2").astype(np.float32)
+        else:
+            gguf = _gguf_package()
+            qtype = gguf.GGMLQuantizationType(type_id)
+            rows = raw.reshape(*shape[:-1], -1) if len(shape) > 1 else raw
+            try:
+                array = gguf.quants.dequantize(rows, qtype)
+            except (NotImplementedError, ValueError, TypeError) as exc:
+                raise ValueError(f"{self.path}: tensor {name!r}: cannot dequantize {qtype.name} ({exc})") from None
+        array = array.reshape(shape)
+        return torch.from_numpy(array.copy() if not array.flags.writeable else array)
+
+
+def transformers_name(gguf_name: str) -> str | None:
+    """llama.cpp's tensor name -> transformers' Llama name (None when it has none)."""
+    stem, _, suffix = gguf_name.rpartition(".")
+    if suffix not in ("weight", "bias"):
+        return None
+    if stem in _GLOBAL_NAMES:
+        return f"{_GLOBAL_NAMES[stem]}.{suffix}"
+    match = re.fullmatch(r"blk\.(\d+)\.(\w+)", stem)
+    if match and match[2] in _LAYER_NAMES:
+        return f"model.layers.{match[1]}.{_LAYER_NAMES[match[2]]}.{suffix}"
+    return None
+
+
+def _unpermute_rotary_rows(tensor: torch.Tensor, heads: int, path: Path, name: str) -> torch.Tensor:
+    """Undo llama.cpp's q/k permutation: its converter interleaves each head's two rotary halves.
+
+    Rows of a head are stored as (D/2, 2) pairs; transformers' rotate-half layout wants (2, D/2).
+    """
+    rows = tensor.shape[0]
+    if rows % (2 * heads):
+        raise ValueError(f"{path}: tensor {name!r} has {rows} rows, not a multiple of 2 x {heads} heads")
+    return tensor.reshape(heads, rows // heads // 2, 2, *tensor.shape[1:]).transpose(1, 2).reshape(tensor.shape)
+
+
+def read_gguf(path: str | os.PathLike) -> GGUFCheckpoint:
+    """Parse and validate a GGUF file's header (no tensor data is read)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+    except OSError as exc:
+        raise OSError(f"{path}: cannot read GGUF file ({exc.strerror or exc})") from None
+    if size < 24 or mapped[:4] != b"GGUF":
+        raise ValueError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)")
+    cursor = _Cursor(mapped, size, path)
+    cursor.pos = 4
+    version = cursor.scalar(4, "the version")
+    if version not in GGUF_VERSIONS:
+        raise ValueError(f"{path}: GGUF version {version} is not supported (supported: {GGUF_VERSIONS})")
+    tensor_count, kv_count = cursor.scalar(10, "the tensor count"), cursor.scalar(10, "the metadata count")
+    if 24 * tensor_count + 12 * kv_count > size:  # the least each entry takes in the header
+        raise ValueError(f"{path}: truncated GGUF file or corrupt header: {tensor_count} tensors and {kv_count} "
+                         f"metadata entries cannot fit in {size} bytes")  # fmt: skip
+
+    metadata: dict[str, Any] = {}
+    for index in range(kv_count):
+        key = cursor.string(f"metadata key #{index}")
+        metadata[key] = cursor.value(cursor.scalar(4, f"metadata {key!r}"), f"metadata {key!r}")
+    architecture = metadata.get("general.architecture")
+    if not isinstance(architecture, str):
+        raise ValueError(f"{path}: GGUF metadata lacks 'general.architecture'")
+    if architecture not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(f"{path}: GGUF architecture {architecture!r} is not supported by fastx "
+                         f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")  # fmt: skip
+
+    raw_infos = []
+    for index in range(tensor_count):
+        name = cursor.string(f"tensor #{index} name")
+        ndim = cursor.scalar(4, f"tensor {name!r}")
+        if not 1 <= ndim <= 4:
+            raise ValueError(f"{path}: tensor {name!r} has {ndim} dimensions (expected 1 to 4)")
+        dims = [cursor.scalar(10, f"tensor {name!r}") for _ in range(ndim)]
+        type_id, offset = cursor.scalar(4, f"tensor {name!r}"), cursor.scalar(10, f"tensor {name!r}")
+        raw_infos.append((name, dims, type_id, offset))
+    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        raise ValueError(f"{path}: general.alignment must be a power of two, got {alignment!r}")
+    data_start = -(-cursor.pos // alignment) * alignment
+
+    gguf = _gguf_package()
+    known = {int(t): t.name for t in gguf.GGMLQuantizationType}
+    tensor_infos = []
+    for name, dims, type_id, offset in raw_infos:
+        if type_id not in known or gguf.GGMLQuantizationType(type_id) not in gguf.GGML_QUANT_SIZES:
+            raise ValueError(f"{path}: tensor {name!r} has unknown quantization type {type_id}")
+        block, block_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(type_id)]
+        if any(d <= 0 for d in dims) or dims[0] % block:
+            raise ValueError(f"{path}: tensor {name!r} has dims {dims}, invalid for {known[type_id]} (blocks of {block})")
+        nbytes = int(np.prod(dims, dtype=np.float64)) // block * block_bytes
+        start = data_start + offset
+        if start + nbytes > size:
+            raise ValueError(f"{path}: truncated GGUF file: tensor {name!r} needs bytes {start}..{start + nbytes}, "
+                             f"the file has {size}")  # fmt: skip
+        tensor_infos.append((name, type_id, tuple(reversed(dims)), start, nbytes))
+    return GGUFCheckpoint(path, metadata, tensor_infos, mapped, data_start)
+
+
+# ---------------------------------------------------------------------------------------------
+# Config (transformers' GGUF_CONFIG_MAPPING for llama)
+# ---------------------------------------------------------------------------------------------
+_LLAMA_KEYS = {
+    "context_length": "max_position_embeddings", "block_count": "num_hidden_layers",
+    "feed_forward_length": "intermediate_size", "embedding_length": "hidden_size",
+    "rope.dimension_count": "head_dim", "rope.freq_base": "rope_theta",
+    "attention.head_count": "num_attention_heads", "attention.head_count_kv": "num_key_value_heads",
+    "attention.layer_norm_rms_epsilon": "rms_norm_eps", "vocab_size": "vocab_size",
+}  # fmt: skip
+_REQUIRED = ("block_count", "embedding_length", "feed_forward_length", "attention.head_count")
+_TOKEN_IDS = {"bos_token_id": "bos_token_id", "eos_token_id": "eos_token_id",
+              "unknown_token_id": "unk_token_id", "padding_token_id": "pad_token_id"}  # fmt: skip
+
+
+def _llama_config(checkpoint: GGUFCheckpoint) -> dict[str, Any]:
+    meta, arch, path = checkpoint.metadata, checkpoint.architecture, checkpoint.path
+    missing = [f"{arch}.{key}" for key in _REQUIRED if f"{arch}.{key}" not in meta]
+    if missing:
+        raise ValueError(f"{path}: GGUF metadata lacks {', '.join(missing)}")
+    if meta.get(f"{arch}.expert_count"):
+        raise ValueError(f"{path}: mixture-of-experts Llama GGUFs ({arch}.expert_count) are not supported by fastx")
+    # transformers' rule: llama.cpp files a Mistral model under "llama" with general.name "mistral".
+    model_type = "mistral" if meta.get("general.name") == "mistral" else "llama"
+    config: dict[str, Any] = {"model_type": model_type, "architectures": [f"{model_type.capitalize()}ForCausalLM"]}
+    for key, field in _LLAMA_KEYS.items():
+        if f"{arch}.{key}" in meta:
+            config[field] = meta[f"{arch}.{key}"]
+    for key, field in _TOKEN_IDS.items():
+        if f"tokenizer.ggml.{key}" in meta:
+            config[field] = meta[f"tokenizer.ggml.{key}"]
+    for field, value in config.items():
+        expected = (int, float) if field in ("rms_norm_eps", "rope_theta") else (int, str, list)
+        if isinstance(value, bool) or not isinstance(value, expected):
+            raise ValueError(f"{path}: GGUF metadata for {field} has type {type(value).__name__}: {value!r:.80}")
+    if "vocab_size" not in config and isinstance(meta.get("tokenizer.ggml.tokens"), list):
+        config["vocab_size"] = len(meta["tokenizer.ggml.tokens"])
+    config.setdefault("num_key_value_heads", config["num_attention_heads"])
+    config["tie_word_embeddings"] = "output.weight" not in checkpoint.tensor_names
+    scaling = meta.get(f"{arch}.rope.scaling.type")
+    if scaling == "linear" and isinstance(meta.get(f"{arch}.rope.scaling.factor"), (int, float)):
+        config["rope_scaling"] = {"rope_type": "linear", "factor": float(meta[f"{arch}.rope.scaling.factor"])}
+    elif scaling not in (None, "none", "linear"):
+        raise ValueError(f"{path}: GGUF rope scaling {scaling!r} is not supported by fastx (supported: none, linear)")
+    if isinstance(meta.get("general.name"), str):
+        config["_name_or_path"] = meta["general.name"]
+    return config
+
+
+def gguf_model_type(path: str | os.PathLike) -> tuple[str, dict[str, Any]]:
+    """(model_type, config dict) of a GGUF file; ValueError for architectures fastx does not read."""
+    config = read_gguf(path).config
+    return config["model_type"], config
+
+
+# ---------------------------------------------------------------------------------------------
+# Locating the file: `from_pretrained(path.gguf)` or `from_pretrained(folder_or_repo, gguf_file=name)`
+# ---------------------------------------------------------------------------------------------
+def resolve_gguf_file(
+    name_or_path: str | os.PathLike,
+    gguf_file: str | os.PathLike | None = None,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+) -> Path | None:
+    """The local GGUF file these arguments name, downloading it from the Hub if needed; None for a non-GGUF load."""
+    path = Path(name_or_path).expanduser()
+    if gguf_file is None:  # a path to the file itself (a missing one fails in read_gguf with OSError)
+        return path if path.suffix.lower() == ".gguf" and not path.is_dir() else None
+    if Path(gguf_file).is_absolute() and Path(gguf_file).is_file():
+        return Path(gguf_file)
+    if path.is_dir():
+        local = path / gguf_file
+        if not local.is_file():
+            raise OSError(f"{name_or_path}: no GGUF file {str(gguf_file)!r} in this folder")
+        return local
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HFValidationError, LocalEntryNotFoundError
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    name = str(name_or_path)
+    try:
+        return Path(hf_hub_download(name, str(gguf_file), revision=revision, cache_dir=cache_dir,
+                                    local_files_only=local_files_only, token=token))  # fmt: skip
+    except HFValidationError as exc:
+        raise OSError(f"{name}: not a local folder and not a valid Hub repo id ({exc})") from None
+    except RepositoryNotFoundError:
+        raise OSError(f"{name}: no such repository on the Hugging Face Hub (or it needs a token)") from None
+    except RevisionNotFoundError:
+        raise OSError(f"{name}: revision {revision!r} not found") from None
+    except LocalEntryNotFoundError:
+        raise OSError(f"{name}: {gguf_file} is not in the local Hugging Face cache and downloading is off") from None
+    except EntryNotFoundError:
+        raise OSError(f"{name}: the repository has no file {str(gguf_file)!r}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer (transformers' integrations/gguf tokenizer builders, for the "gpt2" and "llama" models)
+# ---------------------------------------------------------------------------------------------
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")  # fmt: skip
+_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")  # fmt: skip
+_QWEN35_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
+                 r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")  # fmt: skip
+_TEKKEN_SPLIT = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+                 r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+                 r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")  # fmt: skip
+_GPT4O_SPLIT = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+                r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+                r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")  # fmt: skip
+# tokenizer.ggml.pre -> the split regex its merges were learned with (others: GPT-2's byte-level regex).
+PRE_TOKENIZER_SPLITS = {
+    **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
+                     "jina-v5-nano", "dbrx", "smaug-bpe"), _LLAMA3_SPLIT),
+    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez"), _QWEN2_SPLIT),
+    "qwen35": _QWEN35_SPLIT, "tekken": _TEKKEN_SPLIT,
+    **dict.fromkeys(("gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"), _GPT4O_SPLIT),
+}  # fmt: skip
+_CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
+
+
+def _byte_alphabet() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = list(printable), 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return {byte: chr(c) for byte, c in zip(printable, chars)}
+
+
+def _merges_from_scores(vocab: dict[str, int], scores: dict[str, float]) -> list[tuple[str, str]]:
+    """Merges a vocabulary implies: every split of a token into two known tokens, best score first."""
+    merges = []
+    for merged, score in scores.items():
+        splits = [(merged[:i], merged[i:]) for i in range(1, len(merged))]
+        local = [(left, right, score) for left, right in splits if left in vocab and right in vocab]
+        merges += sorted(local, key=lambda m: (vocab[m[0]], vocab[m[1]]))
+    merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
+    return [(left, right) for left, right, _ in merges]
+
+
+def _merges(data: dict, path: Path, scores_vocab: dict[str, int] | None = None) -> list[tuple[str, ...]]:
+    if "merges" in data:
+        return [tuple(merge.split(" ")) for merge in data["merges"]]
+    if "scores" not in data:
+        raise ValueError(f"{path}: GGUF tokenizer has neither tokenizer.ggml.merges nor tokenizer.ggml.scores")
+    tokens = data["tokens"]
+    return _merges_from_scores(scores_vocab or {t: i for i, t in enumerate(tokens)}, dict(zip(tokens, data["scores"])))
+
+
+def load_gguf_tokenizer(path: str | os.PathLike, name_or_path: str | None = None):
+    """A fastx Tokenizer from a GGUF file's vocabulary, merges, token types, special ids and chat template."""
+    from tokenizers import AddedToken, Regex, Tokenizer as Backend, decoders, models, pre_tokenizers, processors
+
+    from fastx.tokenizer import VERY_LARGE_INTEGER, Tokenizer
+
+    checkpoint = read_gguf(path)
+    data, path = checkpoint.tokenizer_data, checkpoint.path
+    tokens, kind = data.get("tokens"), data.get("model")
+    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
+        raise ValueError(f"{path}: GGUF metadata lacks a tokenizer vocabulary (tokenizer.ggml.tokens)")
+    types = data.get("token_type") or []
+    if kind == "gpt2":  # byte-level BPE; tokens outside the byte alphabet are respelled in it
+        alphabet = _byte_alphabet()
+        spelled = set(alphabet.values())
+        vocab = {t if set(t) <= spelled else "".join(alphabet[b] for b in t.encode("utf-8")): i
+                 for i, t in enumerate(tokens)}  # fmt: skip
+        backend = Backend(models.BPE(vocab=vocab, merges=_merges(data, path), dropout=None, continuing_subword_prefix="",
+                                     end_of_word_suffix="", fuse_unk=False))  # fmt: skip
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+        split = PRE_TOKENIZER_SPLITS.get(data.get("pre"))
+        if split is not None:
+            backend.pre_tokenizer = pre_tokenizers.Sequence([
+                pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ])  # fmt: skip
+        # A "control" token spelled outside the byte alphabet is a llama.cpp mislabel: transformers skips it.
+        control = [t for t, kind_ in zip(tokens, types) if kind_ == _CONTROL and set(t) <= spelled]
+        add_bos_default = False
+    elif kind == "llama":  # sentencepiece vocabulary as BPE with byte fallback, "▁" for spaces
+        vocab = {t: i for i, t in enumerate(tokens)}
+        backend = Backend(models.BPE(vocab=vocab, merges=_merges(data, path, vocab), fuse_unk=True, byte_fallback=True,
+                                     dropout=None))  # fmt: skip
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+        backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                             decoders.Strip(content=" ", left=1)])  # fmt: skip
+        control = [t for t, kind_ in zip(tokens, types) if kind_ == _CONTROL]
+        add_bos_default = True  # llama.cpp adds BOS to a sentencepiece vocabulary that does not say otherwise
+    else:
+        raise ValueError(f"{path}: GGUF tokenizer model {kind!r} is not supported by fastx (supported: gpt2, llama)")
+
+    if control:
+        backend.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in control])
+    user_defined = [t for t, kind_ in zip(tokens, types) if kind_ == _USER_DEFINED and t in vocab]
+    if user_defined:  # llama.cpp matches these whole in the text, like added tokens
+        backend.add_tokens([AddedToken(t, normalized=False, special=False) for t in user_defined])
+
+    special = {}
+    for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
+                      ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")):  # fmt: skip
+        index = data.get(key)
+        if index is not None and not (isinstance(index, int) and 0 <= index < len(tokens)):
+            raise ValueError(f"{path}: tokenizer.ggml.{key} {index!r} is outside the vocabulary of {len(tokens)}")
+        special[name] = tokens[index] if index is not None else None
+    chat_template = data.get("chat_template")
+    tokenizer = Tokenizer(
+        backend, special_tokens=special, extra_special_tokens=control, model_max_length=VERY_LARGE_INTEGER,
+        chat_template=chat_template if isinstance(chat_template, str) else None,
+        name_or_path=name_or_path if name_or_path is not None else str(path),
+    )  # fmt: skip
+    # transformers' update_post_processor: [BOS] $A [EOS], and [BOS] $B [EOS] with type id 1 for pairs.
+    bos, eos = special["bos_token"], special["eos_token"]
+    add_bos = bool(data.get("add_bos_token", add_bos_default)) and bos is not None
+    add_eos = bool(data.get("add_eos_token", False)) and eos is not None
+    single = f"{bos + ':0 ' if add_bos else ''}$A:0{' ' + eos + ':0' if add_eos else ''}"
+    pair = f"{single}{' ' + bos + ':1' if add_bos else ''} $B:1{' ' + eos + ':1' if add_eos else ''}"
+    used = [bos] * add_bos + [eos] * add_eos
+    backend.post_processor = processors.TemplateProcessing(
+        single=single, pair=pair, special_tokens=[(t, tokenizer.convert_tokens_to_ids(t)) for t in dict.fromkeys(used)]
+    )
+    return tokenizer
