@@ -109,6 +109,8 @@ class LLM:
         from fastx.hub import resolve_checkpoint
         from fastx.tokenizer import AutoTokenizer
 
+        if str(source).endswith(".gguf"):
+            return AutoTokenizer.from_pretrained(source)  # vocabulary, merges and chat template live in the GGUF
         folder = resolve_checkpoint(source, revision=revision)
         if not (folder / "tokenizer.json").exists() and not (folder / "vocab.txt").exists():
             return None  # served from token ids only, as vLLM's skip_tokenizer_init
