@@ -80,7 +80,7 @@ def test_generation_throughput_and_kv_efficiency(benchmark, pair):
             engine.step()
             running = engine.scheduler.running
             if running:
-                held.append(sum(len(s) for s in running))
+                held.append(sum(s.num_computed_tokens for s in running))  # tokens whose K/V is stored
                 reserved.append((engine.block_manager.num_blocks - engine.block_manager.num_free_blocks) * engine.config.block_size)
                 contiguous.append(sum(s.num_prompt_tokens + max_new for s in running))
         for rid in list(engine.requests):
