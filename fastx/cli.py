@@ -21,6 +21,8 @@ import subprocess
 import sys
 from typing import Any
 
+from fastx.kernels.report import parse_targets
+
 PROG = "fastx"
 EMBED_BATCH = 32
 
@@ -262,16 +264,6 @@ def cmd_bench(args) -> int:
 # ---------------------------------------------------------------------------------------------
 # fastx kernels
 # ---------------------------------------------------------------------------------------------
-def _parse_targets(text: str) -> tuple[int, ...]:
-    targets = []
-    for part in text.split(","):
-        part = part.strip().lower().removeprefix("sm_")
-        if not part.isdigit() or int(part) not in (80, 90):
-            raise argparse.ArgumentTypeError(f"expected sm_80 and/or sm_90, got {text!r}")
-        targets.append(int(part))
-    return tuple(dict.fromkeys(targets))
-
-
 def _interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("", "0", "false", "off")
 
@@ -510,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "when any op fails.",
                        epilog="examples:\n  fastx kernels --target sm_90\n  fastx kernels --only rms_norm --json\n"
                               "  fastx kernels --check --dtype fp32,bf16")  # fmt: skip
-    k.add_argument("--target", type=_parse_targets, default=(80, 90), help="sm_80,sm_90 (default both)")
+    k.add_argument("--target", type=parse_targets, default=(80, 90), help="sm_80,sm_90 (default both)")
     k.add_argument("--json", action="store_true", help="print the report as a JSON list")
     k.add_argument("--only", type=_comma_list, default=None, metavar="NAMES",
                    help="compile only kernels whose name or module contains one of these (comma list: rotary,norm)")

@@ -325,23 +325,13 @@ def resolve_gguf_file(
             raise OSError(f"{name_or_path}: no GGUF file {str(gguf_file)!r} in this folder")
         return local
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HFValidationError, LocalEntryNotFoundError
-    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    from fastx.hub import hub_call
 
     name = str(name_or_path)
-    try:
-        return Path(hf_hub_download(name, str(gguf_file), revision=revision, cache_dir=cache_dir,
-                                    local_files_only=local_files_only, token=token))  # fmt: skip
-    except HFValidationError as exc:
-        raise OSError(f"{name}: not a local folder and not a valid Hub repo id ({exc})") from None
-    except RepositoryNotFoundError:
-        raise OSError(f"{name}: no such repository on the Hugging Face Hub (or it needs a token)") from None
-    except RevisionNotFoundError:
-        raise OSError(f"{name}: revision {revision!r} not found") from None
-    except LocalEntryNotFoundError:
-        raise OSError(f"{name}: {gguf_file} is not in the local Hugging Face cache and downloading is off") from None
-    except EntryNotFoundError:
-        raise OSError(f"{name}: the repository has no file {str(gguf_file)!r}") from None
+    return Path(hub_call(name, revision, lambda: hf_hub_download(name, str(gguf_file), revision=revision, cache_dir=cache_dir,
+                                                                  local_files_only=local_files_only, token=token),
+                         filename=str(gguf_file)))  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------

@@ -48,17 +48,29 @@ def resolve_checkpoint(
         raise OSError(f"{name_or_path}: expected a checkpoint folder or a Hub repo id, got a file")
     name = str(name_or_path)
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
+    folder = hub_call(
+        name,
+        revision,
+        lambda: snapshot_download(name, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
+                                  token=token, allow_patterns=INFERENCE_FILES),  # fmt: skip
+    )
+    return Path(folder)
+
+
+def hub_call(name: str, revision: str | None, call, filename: str | None = None):
+    """Run a huggingface_hub download; turn its errors into OSErrors that name the repo (and file)."""
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    what = f": {filename} is" if filename else ":"
     try:
-        folder = snapshot_download(
-            name,
-            revision=revision,
-            cache_dir=cache_dir,
-            local_files_only=local_files_only,
-            token=token,
-            allow_patterns=INFERENCE_FILES,
-        )
+        return call()
     except HFValidationError as exc:
         raise OSError(f"{name}: not a local folder and not a valid Hub repo id ({exc})") from None
     except RepositoryNotFoundError:
@@ -67,10 +79,11 @@ def resolve_checkpoint(
         raise OSError(f"{name}: revision {revision!r} not found") from None
     except LocalEntryNotFoundError:
         raise OSError(
-            f"{name}: not in the local Hugging Face cache and downloading is off "
+            f"{name}{what} not in the local Hugging Face cache and downloading is off "
             "(HF_HUB_OFFLINE=1 or local_files_only=True); download it once with network access"
         ) from None
-    return Path(folder)
+    except EntryNotFoundError:
+        raise OSError(f"{name}: the repository has no file {filename!r}") from None
 
 
 def refuse_pickle_only(folder: Path, name: str) -> None:

@@ -13,20 +13,20 @@ import os
 import sys
 
 
-def _parse_targets(text: str) -> tuple[int, ...]:
+def parse_targets(text: str) -> tuple[int, ...]:
     targets = []
     for part in text.split(","):
         part = part.strip().lower().removeprefix("sm_")
         if not part.isdigit() or int(part) not in (80, 90):
-            raise argparse.ArgumentTypeError(f"--target: expected sm_80 and/or sm_90, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected sm_80 and/or sm_90, got {text!r}")
         targets.append(int(part))
-    return tuple(targets)
+    return tuple(dict.fromkeys(targets))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastx.kernels.report", description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
-    parser.add_argument("--target", type=_parse_targets, default=(80, 90), help="sm_80,sm_90 (default both)")
+    parser.add_argument("--target", type=parse_targets, default=(80, 90), help="sm_80,sm_90 (default both)")
     parser.add_argument("--jobs", type=int, default=None, help="parallel compile processes (default: CPU count)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):

@@ -22,4 +22,4 @@ def test_ci_runs_the_readme_test_command():
 
 def test_readme_main_command_runs_a_real_job():
     main = _readme_block("main-command")
-    assert "pip install" in main and "python -m fastx" in main
+    assert "pip install" in main and "fastx generate" in main
