@@ -123,14 +123,17 @@ class PreTrainedModel(nn.Module):
                 return candidate
         return None
 
-    @staticmethod
-    def _checkpoint_entries(folder: Path, dtype: torch.dtype, gguf=None) -> Iterator[tuple[Path, str, torch.Tensor]]:
+    def _checkpoint_entries(self, folder: Path, dtype: torch.dtype, gguf=None) -> Iterator[tuple[Path, str, torch.Tensor]]:
         """(file, name, tensor) of every checkpoint tensor: safetensors files, or one GGUF (fastx.gguf)."""
         if gguf is not None:
             yield from ((gguf.path, name, tensor) for name, tensor in gguf.tensors(dtype))
             return
+
+        def is_packed_piece(name: str) -> bool:  # read as a copy: it is concatenated right away
+            return self._packed_name(name, None)[1] is not None
+
         for file in checkpoint_files(folder):
-            yield from ((file, name, tensor) for name, tensor in iter_safetensors(file, dtype))
+            yield from ((file, name, tensor) for name, tensor in iter_safetensors(file, dtype, is_packed_piece))
 
     def load_checkpoint(self, folder: Path, dtype: torch.dtype, device: torch.device, gguf=None) -> None:
         params = dict(self.named_parameters())
