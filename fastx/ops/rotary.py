@@ -11,8 +11,9 @@ from fastx.ops._backend import use_triton
 def _rotary_eager(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """The kernel's math in torch ops: x (..., N, D), cos/sin (P, R/2), positions (...)."""
     half = cos.shape[1]
-    c = cos[positions].unsqueeze(-2).float()  # (..., 1, R/2), broadcast over heads
-    s = sin[positions].unsqueeze(-2).float()
+    flat = positions.reshape(-1)  # index_select: several times faster than advanced indexing here
+    c = cos.index_select(0, flat).view(*positions.shape, 1, half).float()  # (..., 1, R/2), broadcast over heads
+    s = sin.index_select(0, flat).view(*positions.shape, 1, half).float()
     x1 = x[..., :half].float()
     x2 = x[..., half : 2 * half].float()
     rotated = torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).to(x.dtype)
