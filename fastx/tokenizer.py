@@ -16,15 +16,13 @@ from __future__ import annotations
 import json
 import os
 import threading
-from dataclasses import fields, is_dataclass
-from datetime import datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
 from tokenizers import AddedToken, processors
 from tokenizers import Tokenizer as _Backend
 
+from fastx.chat_template import _alias_reasoning, _compile_template, _plain
 from fastx.hub import resolve_checkpoint
 
 # transformers' "no limit" model_max_length, and the bound above which it is treated as unset.
@@ -405,148 +403,6 @@ def _as_tensor(rows: list[list[int]], key: str, return_tensors: str):
 
         return np.array(rows, dtype=np.int64)
     raise ValueError(f"return_tensors: expected None, 'pt' or 'np', got {return_tensors!r}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Chat template rendering (transformers.utils.chat_template_utils, same environment and globals)
-# ---------------------------------------------------------------------------------------------
-_REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
-
-
-def _alias_reasoning(chat: list[dict]) -> list[dict]:
-    """Fill `reasoning_content` (and `thinking`) from whichever reasoning field a message carries."""
-    out = []
-    for message in chat:
-        reasoning = next((message[k] for k in _REASONING_FIELDS if message.get(k) is not None), None)
-        out.append(message if reasoning is None else {"thinking": reasoning, **message, "reasoning_content": reasoning})
-    return out
-
-
-def _plain(value: Any) -> Any:
-    """Rebuild template inputs from plain JSON types: rich objects could expose unsafe methods to the sandbox."""
-    if value is None or type(value) in (str, int, float, bool):
-        return value
-    for base in (bool, str, int, float):  # subclasses (enums, numpy scalars) back to the base type
-        if isinstance(value, base):
-            return base(value)
-    if isinstance(value, Mapping):
-        return {_plain(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_plain(v) for v in value)
-    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
-        return _plain(value.item())
-    if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
-    if callable(getattr(value, "model_dump", None)):
-        return _plain(value.model_dump())
-    return f"<{type(value).__name__}>"
-
-
-@lru_cache(maxsize=16)
-def _compile_template(source: str):
-    import jinja2
-    from jinja2.ext import Extension, loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    class GenerationBlock(Extension):
-        # `{% generation %}...{% endgeneration %}` marks assistant text for training masks; renders its body.
-        tags = {"generation"}
-
-        def parse(self, parser):
-            lineno = next(parser.stream).lineno
-            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-            return jinja2.nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
-
-        def _render(self, caller):
-            return caller()
-
-    class TemplateNamespace(jinja2.utils.Namespace):
-        # Reject dunder/underscore attributes so a template cannot reach CPython internals.
-        def __init__(*args, **kwargs):
-            self, args = args[0], args[1:]
-            attrs = dict(*args, **kwargs)
-            for name in attrs:
-                TemplateNamespace._check(name)
-            jinja2.utils.Namespace.__init__(self, attrs)
-
-        def __setitem__(self, name, value):
-            TemplateNamespace._check(name)
-            jinja2.utils.Namespace.__setitem__(self, name, value)
-
-        @staticmethod
-        def _check(name):
-            if isinstance(name, str) and name.startswith("_"):
-                raise jinja2.exceptions.SecurityError(f"chat template: namespace attribute {name!r} is not allowed")
-
-    class TemplateDict:
-        def __call__(self, *args, **kwargs):
-            return dict(*args, **kwargs)
-
-        def fromkeys(self, *args, **kwargs):
-            return dict.fromkeys(*args, **kwargs)
-
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        # Jinja's own tojson HTML-escapes '<', '>', '&' and "'"; chat templates need the raw JSON.
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[GenerationBlock, loopcontrols]
-    )
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    env.globals["dict"] = TemplateDict()
-    env.globals["namespace"] = TemplateNamespace
-    return env.from_string(source)
-
-
-# ---------------------------------------------------------------------------------------------
-# Streaming detokenization
-# ---------------------------------------------------------------------------------------------
-class IncrementalDetokenizer:
-    """Token ids in, new text out, one token at a time, in O(1) per token (vLLM's prefix-offset scheme).
-
-    Each step decodes only a short window `ids[prefix:]` and compares it with the previous window
-    `ids[prefix:read]`; both start at the same token, so decoder quirks at a window's start (a stripped
-    leading space, a '##' continuation) cancel out. Text ending in U+FFFD is held back: it is an
-    unfinished multi-byte character until a later token completes it. `flush()` returns what is
-    still held back at the end (an unresolved U+FFFD that `decode` would also show).
-    """
-
-    # Tokens of the prompt decoded as left context so the first generated token gets its spacing right.
-    PROMPT_CONTEXT = 5
-
-    def __init__(self, tokenizer: Tokenizer, prompt_ids: list[int] | None = None, skip_special_tokens: bool = True):
-        self.tokenizer = tokenizer
-        self.skip_special_tokens = skip_special_tokens
-        self.ids: list[int] = list(prompt_ids.tolist() if hasattr(prompt_ids, "tolist") else prompt_ids or [])
-        self.read_offset = len(self.ids)  # text of ids[:read_offset] has been emitted
-        self.prefix_offset = max(self.read_offset - self.PROMPT_CONTEXT, 0)  # start of the decode window
-
-    def _decode(self, start: int, end: int | None = None) -> str:
-        return self.tokenizer.decode(self.ids[start:end], skip_special_tokens=self.skip_special_tokens)
-
-    def add(self, token_id: int) -> str:
-        """Append one token id; return the text it completes ("" while a character is unfinished)."""
-        self.ids.append(int(token_id))
-        prefix_text = self._decode(self.prefix_offset, self.read_offset)
-        new_text = self._decode(self.prefix_offset)
-        if len(new_text) <= len(prefix_text) or new_text.endswith("\ufffd"):
-            return ""
-        self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-        return new_text[len(prefix_text) :]
-
-    def flush(self) -> str:
-        """Text still held back (a trailing U+FFFD that never resolved); call once generation ends."""
-        prefix_text = self._decode(self.prefix_offset, self.read_offset)
-        new_text = self._decode(self.prefix_offset)
-        self.prefix_offset = self.read_offset = len(self.ids)
-        return new_text[len(prefix_text) :]
 
 
 # ---------------------------------------------------------------------------------------------

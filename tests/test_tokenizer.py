@@ -17,7 +17,8 @@ import pytest
 import torch
 from tokenizers import Tokenizer as Backend
 
-from fastx.tokenizer import AutoTokenizer, IncrementalDetokenizer, Tokenizer
+from fastx.detokenizer import IncrementalDetokenizer
+from fastx.tokenizer import AutoTokenizer, Tokenizer
 
 transformers = pytest.importorskip("transformers")
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Iterator, Sequence as Seq
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,7 +93,7 @@ class LLM:
                                   enable_prefix_caching, seed)  # fmt: skip
         factory = None
         if self.tokenizer is not None:
-            from fastx.tokenizer import IncrementalDetokenizer
+            from fastx.detokenizer import IncrementalDetokenizer
 
             factory = lambda prompt_ids, p: IncrementalDetokenizer(self.tokenizer, prompt_ids, p.skip_special_tokens)  # noqa: E731
         self.engine = Engine(self.model, config_obj, eos, _max_model_len(config), config.vocab_size, factory)

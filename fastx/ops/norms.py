@@ -33,6 +33,16 @@ def _flat(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.reshape(-1)
 
 
+def _eager_rms_norm(x: torch.Tensor, shape: tuple[int, ...], weight, eps: float) -> torch.Tensor:
+    """F.rms_norm, except for fp32 on the CPU: there the composite below is the same math and
+    ~2x faster per call at decode sizes (measured 35 vs 79 us on SmolLM2's 576-wide rows)."""
+    if x.dtype != torch.float32 or x.is_cuda:
+        return F.rms_norm(x, shape, weight, eps)
+    dims = tuple(range(-len(shape), 0))
+    y = x * torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + eps)
+    return y * weight if weight is not None else y
+
+
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     """Drop-in for F.layer_norm (inference: no autograd through the Triton path)."""
     shape, size = _normalized_size(input, normalized_shape)
@@ -49,7 +59,7 @@ def rms_norm(input, normalized_shape, weight=None, eps=None):
     eps = torch.finfo(input.dtype).eps if eps is None else eps
     _check_params(shape, weight=weight)
     if not use_triton(input, weight):
-        return F.rms_norm(input, shape, weight, eps)
+        return _eager_rms_norm(input, shape, weight, eps)
     x = input.reshape(*input.shape[: input.dim() - len(shape)], size)
     return _rms_norm_kernel(x, _flat(weight), eps).view(input.shape)
 
@@ -80,7 +90,7 @@ def add_rms_norm(input, residual, normalized_shape, weight=None, eps=None):
         raise ValueError(f"residual: expected shape {tuple(input.shape)} (the input's), got {tuple(residual.shape)}")
     if not use_triton(input, residual, weight):
         summed = input + residual
-        return F.rms_norm(summed, shape, weight, eps), summed
+        return _eager_rms_norm(summed, shape, weight, eps), summed
     lead = input.shape[: input.dim() - len(shape)]
     y, summed = _rms_norm_kernel(input.reshape(*lead, size), _flat(weight), eps, residual=residual.reshape(*lead, size))
     return y.view(input.shape), summed.view(input.shape)
