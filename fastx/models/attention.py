@@ -81,10 +81,12 @@ def causal_attention(
     if output_attentions:
         raise ValueError("output_attentions: not available with a KV cache (the kernels never form probabilities)")
     k_cache, v_cache = kv_cache
-    ops.write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
+    # The runner built this metadata from the block manager and every layer shares it: the
+    # eager ops' per-call value checks would repeat the same work 2 x layers times per step.
+    ops.write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping, validate=False)
     if meta.is_decode:
         out = ops.paged_decode_attention(q, k_cache, v_cache, meta.block_tables, meta.context_lens, scale=scale,
-                                         max_context_len=meta.max_seqlen_k)  # fmt: skip
+                                         max_context_len=meta.max_seqlen_k, validate=False)  # fmt: skip
     else:  # prefill (possibly chunked, possibly after a cached prefix): new queries over the paged context
         out = ops.varlen_attention(q, k_cache, v_cache, meta.cu_seqlens_q, meta.cu_seqlens_k, meta.max_seqlen_q,
                                    meta.max_seqlen_k, causal=True, scale=scale, block_table=meta.block_tables)  # fmt: skip

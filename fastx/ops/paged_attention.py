@@ -15,11 +15,17 @@ from fastx.kernels import paged_attention as _kernels
 from fastx.ops._backend import use_triton
 
 
-def write_kv_cache(key, value, k_cache, v_cache, slot_mapping) -> None:
-    """Write key/value (T, K, D) into k_cache/v_cache (N, B, K, D) at slot_mapping (T,); slots < 0 are skipped."""
+def write_kv_cache(key, value, k_cache, v_cache, slot_mapping, *, validate: bool = True) -> None:
+    """Write key/value (T, K, D) into k_cache/v_cache (N, B, K, D) at slot_mapping (T,); slots < 0 are skipped.
+
+    validate=False skips the eager path's argument and value checks: for a caller (the engine's
+    attention layer) whose per-step metadata is built by the scheduler and shared by every layer;
+    on the CPU those checks cost more than the write itself at decode sizes.
+    """
     if use_triton(key, value, k_cache, v_cache, slot_mapping):
         return _kernels.write_kv_cache(key, value, k_cache, v_cache, slot_mapping)
-    _kernels.check_write_args(key, value, k_cache, v_cache, slot_mapping)
+    if validate:
+        _kernels.check_write_args(key, value, k_cache, v_cache, slot_mapping)
     slots = slot_mapping.long()
     if bool((slots < 0).any()):  # padding rows: skip them
         keep = slots >= 0
@@ -37,18 +43,20 @@ def write_kv_cache(key, value, k_cache, v_cache, slot_mapping) -> None:
 
 
 def paged_decode_attention(
-    q, k_cache, v_cache, block_tables, context_lens, scale=None, max_context_len=None, partition_size=None
+    q, k_cache, v_cache, block_tables, context_lens, scale=None, max_context_len=None, partition_size=None,
+    *, validate: bool = True,
 ) -> torch.Tensor:
     """Decode attention of q (S, H, D) over each sequence's paged context; returns (S, H, D) in q's dtype.
 
     See fastx.kernels.paged_attention.paged_decode_attention for the arguments; the eager path
-    ignores max_context_len and partition_size (they only shape the kernel's grid).
+    ignores partition_size (it only shapes the kernel's grid). validate=False: as in write_kv_cache.
     """
     if use_triton(q, k_cache, v_cache, block_tables, context_lens):
         return _kernels.paged_decode_attention(
             q, k_cache, v_cache, block_tables, context_lens, scale, max_context_len, partition_size
         )
-    _kernels.check_decode_args(q, k_cache, v_cache, block_tables, context_lens, max_context_len, partition_size)
+    if validate:
+        _kernels.check_decode_args(q, k_cache, v_cache, block_tables, context_lens, max_context_len, partition_size)
     n_seqs, n_heads, head_dim = q.shape
     _, block_size, kv_heads, _ = k_cache.shape
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
@@ -59,7 +67,8 @@ def paged_decode_attention(
     # advanced indexing (~200 us) and the CPU flash-SDPA kernel (~570 us) dominated a
     # SmolLM2 decode step at these sizes. Contexts are padded to the longest; padding masked.
     lens = context_lens.long()
-    width = max(-(-int(lens.max()) // block_size), 1)
+    longest = max_context_len if max_context_len is not None and not validate else int(lens.max())
+    width = max(-(-longest // block_size), 1)
     tables = block_tables[:, :width].reshape(-1).long()  # (S * W,)
     compute = torch.float32  # fp32 softmax and accumulation, as in the kernel
     length = width * block_size
