@@ -108,7 +108,10 @@ def checkpoint_files(folder: str | os.PathLike) -> list[Path]:
 
 
 def iter_safetensors(
-    path: str | os.PathLike, dtype: torch.dtype | None = None, read_copy: Callable[[str], bool] | None = None
+    path: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    read_copy: Callable[[str], bool] | None = None,
+    destination: Callable[[str], torch.Tensor | None] | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (name, tensor) from one validated file, one tensor at a time, without copying.
 
@@ -122,6 +125,8 @@ def iter_safetensors(
     `read_copy(name)` True: read that tensor with a plain file read into its own buffer instead.
     For pieces that are about to be concatenated (fused QKV, gate-up) this keeps their pages
     out of the process's map, so they do not stay resident next to the fused copy.
+    `destination(name)` returning a tensor (contiguous, the file's dtype and size): the bytes are
+    read straight into it (a slice of a preallocated fused parameter) and it is yielded.
     """
     path = Path(path)
     header = read_safetensors_header(path)
@@ -132,7 +137,15 @@ def iter_safetensors(
         torch_dtype = SAFETENSORS_DTYPES[info["dtype"]]
         begin, end = info["data_offsets"]
         count = (end - begin) // torch_dtype.itemsize
-        if count == 0:
+        target = destination(name) if destination is not None and count else None
+        if target is not None:
+            if target.dtype != torch_dtype or target.numel() != count or not target.is_contiguous():
+                raise ValueError(f"{path}: tensor {name!r} does not fit its destination {tuple(target.shape)} {target.dtype}")
+            with open(path, "rb") as f:
+                f.seek(data_start + begin)
+                f.readinto(target.view(-1).view(torch.uint8).numpy())
+            tensor = target.view(info["shape"])
+        elif count == 0:
             tensor = torch.empty(info["shape"], dtype=torch_dtype)
         elif read_copy is not None and read_copy(name):
             buffer = bytearray(end - begin)

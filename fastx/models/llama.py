@@ -271,7 +271,12 @@ class LlamaModel(_LlamaBase):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(LlamaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
-        cos, sin = rope_cache(config)  # meta tensors under from_pretrained: init_buffers rebuilds them
+        if torch.empty(0).is_meta:
+            # Under from_pretrained (built on the meta device) init_buffers builds the cache after
+            # loading; computing it here on meta would only import torch's reference ops (~2 s).
+            cos = sin = None
+        else:
+            cos, sin = rope_cache(config)
         self.register_buffer("rope_cos", cos, persistent=False)  # (P, R/2) fp32
         self.register_buffer("rope_sin", sin, persistent=False)
 
