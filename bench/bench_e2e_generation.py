@@ -57,7 +57,7 @@ def _matvec_gbps(rounds=5):
     return w.numel() * 4 / best / 1e9
 
 
-def test_generation_throughput_and_kv_efficiency(benchmark, pair):
+def test_generation_throughput_and_kv_efficiency(benchmark, pair, alternate):
     from fastx import SamplingParams
 
     llm, theirs = pair
@@ -98,13 +98,8 @@ def test_generation_throughput_and_kv_efficiency(benchmark, pair):
                               pad_token_id=pad)  # fmt: skip
         return sum(_useful(row[width:].tolist(), eos) for row in out)
 
-    rates = {"fastx": [], "transformers": []}
-    for _ in range(1 if quick else 2):
-        for name, fn in (("fastx", run_fastx), ("transformers", run_transformers)):
-            start = time.perf_counter()
-            useful = fn()
-            rates[name].append(useful / (time.perf_counter() - start))
-    best = {k: max(v) for k, v in rates.items()}
+    runs = alternate({"fastx": run_fastx, "transformers": run_transformers}, 1 if quick else 2)
+    best = {name: max(useful / t for t, useful in r) for name, r in runs.items()}
     ratio = best["fastx"] / best["transformers"]
     efficiency = sum(held) / sum(reserved)
     static = sum(held) / sum(contiguous)
@@ -116,7 +111,7 @@ def test_generation_throughput_and_kv_efficiency(benchmark, pair):
     benchmark.pedantic(run_fastx, rounds=1, iterations=1)
 
 
-def test_batch1_latency_against_the_bandwidth_limit(benchmark, pair):
+def test_batch1_latency_against_the_bandwidth_limit(benchmark, pair, alternate):
     from fastx import SamplingParams
 
     llm, theirs = pair
@@ -132,13 +127,8 @@ def test_batch1_latency_against_the_bandwidth_limit(benchmark, pair):
     def run_transformers():
         theirs.generate(torch.tensor([ids]), max_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=0)
 
-    times = {"fastx": [], "transformers": []}
-    for _ in range(1 if quick else 3):
-        for name, fn in (("fastx", run_fastx), ("transformers", run_transformers)):
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    tok_s = {k: new / min(v) for k, v in times.items()}
+    runs = alternate({"fastx": run_fastx, "transformers": run_transformers}, 1 if quick else 3)
+    tok_s = {name: new / min(t for t, _ in r) for name, r in runs.items()}
     weight_bytes = sum(p.numel() * p.element_size() for p in llm.model.parameters())
     gbps = _matvec_gbps(2 if quick else 5)
     limit = gbps * 1e9 / weight_bytes

@@ -8,6 +8,8 @@ runs program instances one after another in numpy, so its timings say nothing ab
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -53,5 +55,26 @@ def run_impl(benchmark, bench_device):
             benchmark.extra_info["flops"] = flops
             if mean_s:
                 benchmark.extra_info["TFLOP/s"] = flops / mean_s / 1e12
+
+    return run
+
+
+@pytest.fixture
+def alternate(bench_device):
+    """Run fastx and its peer in alternating rounds, so machine noise hits both alike.
+
+    `fns` maps a name to a zero-argument callable; returns {name: [(seconds, its return value), ...]}.
+    """
+
+    def run(fns: dict, rounds: int) -> dict[str, list[tuple[float, object]]]:
+        runs = {name: [] for name in fns}
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                start = time.perf_counter()
+                result = fn()
+                if bench_device == "cuda":
+                    torch.cuda.synchronize()
+                runs[name].append((time.perf_counter() - start, result))
+        return runs
 
     return run

@@ -133,31 +133,26 @@ def iter_safetensors(
     with open(path, "rb") as f:
         data_start = 8 + int.from_bytes(f.read(8), "little")
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if path.stat().st_size > 0 else None
-    for name, info in header.items():
-        torch_dtype = SAFETENSORS_DTYPES[info["dtype"]]
-        begin, end = info["data_offsets"]
-        count = (end - begin) // torch_dtype.itemsize
-        target = destination(name) if destination is not None and count else None
-        if target is not None:
-            if target.dtype != torch_dtype or target.numel() != count or not target.is_contiguous():
-                raise ValueError(f"{path}: tensor {name!r} does not fit its destination {tuple(target.shape)} {target.dtype}")
-            with open(path, "rb") as f:
+        for name, info in header.items():
+            torch_dtype = SAFETENSORS_DTYPES[info["dtype"]]
+            begin, end = info["data_offsets"]
+            count = (end - begin) // torch_dtype.itemsize
+            target = destination(name) if destination is not None and count else None
+            if count == 0:
+                tensor = torch.empty(info["shape"], dtype=torch_dtype)
+            elif target is None and not (read_copy is not None and read_copy(name)):
+                tensor = torch.frombuffer(mapped, dtype=torch_dtype, count=count, offset=data_start + begin).view(info["shape"])
+            else:  # a plain read: into the destination's memory, or into a buffer of its own
+                if target is None:
+                    target = torch.empty(count, dtype=torch_dtype)
+                elif target.dtype != torch_dtype or target.numel() != count or not target.is_contiguous():
+                    raise ValueError(f"{path}: tensor {name!r} does not fit its destination {tuple(target.shape)} {target.dtype}")
                 f.seek(data_start + begin)
                 f.readinto(target.view(-1).view(torch.uint8).numpy())
-            tensor = target.view(info["shape"])
-        elif count == 0:
-            tensor = torch.empty(info["shape"], dtype=torch_dtype)
-        elif read_copy is not None and read_copy(name):
-            buffer = bytearray(end - begin)
-            with open(path, "rb") as f:
-                f.seek(data_start + begin)
-                f.readinto(buffer)
-            tensor = torch.frombuffer(buffer, dtype=torch_dtype).view(info["shape"])
-        else:
-            tensor = torch.frombuffer(mapped, dtype=torch_dtype, count=count, offset=data_start + begin).view(info["shape"])
-        if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
-            tensor = tensor.to(dtype)
-        yield name, tensor
+                tensor = target.view(info["shape"])
+            if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
+                tensor = tensor.to(dtype)
+            yield name, tensor
 
 
 def load_state_dict(folder: str | os.PathLike, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:

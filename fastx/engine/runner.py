@@ -30,7 +30,7 @@ class ModelRunner:
         ]
 
     def _metadata(self, batch: ScheduledBatch) -> tuple[torch.Tensor, AttentionMetadata, list[int]]:
-        ids, positions, slots, q_lens, k_lens, sample_rows = [], [], [], [0], [0], []
+        ids, positions, slots, q_lens, k_lens, contexts, sample_rows = [], [], [], [0], [0], [], []
         for seq, n in zip(batch.seqs, batch.num_tokens):
             start = seq.num_computed_tokens
             span = range(start, start + n)
@@ -38,13 +38,13 @@ class ModelRunner:
             positions += span
             slots += [seq.block_table[p // self.block_size] * self.block_size + p % self.block_size for p in span]
             q_lens.append(q_lens[-1] + n)
+            contexts.append(start + n)
             k_lens.append(k_lens[-1] + start + n)
             if start + n == len(seq):  # the step reaches the sequence's last token: it samples
                 sample_rows.append(q_lens[-1] - 1)
         width = max(len(s.block_table) for s in batch.seqs)
         tables = [s.block_table + [0] * (width - len(s.block_table)) for s in batch.seqs]
         dev = self.device
-        contexts = [s.num_computed_tokens + n for s, n in zip(batch.seqs, batch.num_tokens)]
         meta = AttentionMetadata(
             positions=torch.tensor(positions, dtype=torch.long, device=dev),
             cu_seqlens_q=torch.tensor(q_lens, dtype=torch.int32, device=dev),
@@ -74,8 +74,8 @@ class ModelRunner:
         self.copy_blocks(batch.block_copies)
         input_ids, meta, sample_rows = self._metadata(batch)
         hidden = self.model.forward_packed(input_ids, meta, self.kv_caches)  # (T, E)
-        sampling = [s for s, n in zip(batch.seqs, batch.num_tokens) if s.num_computed_tokens + n == len(s)]
         for seq, n in zip(batch.seqs, batch.num_tokens):
             seq.num_computed_tokens += n
+        sampling = [s for s in batch.seqs if s.num_computed_tokens == len(s)]  # reached their last token
         logits = self.model.compute_logits(hidden[sample_rows]) if sample_rows else hidden.new_empty(0, 0)
         return sampling, logits

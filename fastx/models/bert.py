@@ -200,7 +200,8 @@ class _BertTaskModel(PreTrainedModel):
     packed_modules = BertModel.packed_modules
 
     def _encode(self, input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, output_attentions):
-        return self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, output_attentions)
+        base = getattr(self, self.base_model_prefix)  # self.bert, self.roberta, ...
+        return base(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, output_attentions)
 
 
 class BertPredictionHeadTransform(nn.Module):

@@ -20,7 +20,6 @@ import fastx.ops as ops
 class PackedBatch:
     indices: torch.Tensor  # (T,) int64: flat positions of real tokens in the (B * L) layout
     cu_seqlens: torch.Tensor  # (B + 1,) int32: sequence b is rows cu_seqlens[b]:cu_seqlens[b + 1]
-    positions: torch.Tensor  # (T,) int64: each token's position within its sequence
     max_seqlen: int
     batch: int
     length: int
@@ -38,8 +37,7 @@ class PackedBatch:
         cu_seqlens = torch.zeros(batch + 1, dtype=torch.int32, device=device)
         cu_seqlens[1:] = torch.cumsum(lengths, 0).to(torch.int32)
         indices = mask.reshape(-1).nonzero().squeeze(1)
-        positions = (torch.cumsum(mask, dim=1) - 1).reshape(-1)[indices]
-        return cls(indices, cu_seqlens, positions, int(lengths.max()) if batch else 0, batch, length)
+        return cls(indices, cu_seqlens, int(lengths.max()) if batch else 0, batch, length)
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, ...) -> (T, ...)."""

@@ -63,9 +63,6 @@ class _RobertaTaskModel(_BertTaskModel):
     config_class = RobertaConfig
     base_model_prefix = "roberta"
 
-    def _encode(self, input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, output_attentions):
-        return self.roberta(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, output_attentions)
-
 
 class RobertaLMHead(nn.Module):
     def __init__(self, config: RobertaConfig):
