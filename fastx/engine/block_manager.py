@@ -165,6 +165,16 @@ class BlockManager:
             elif block.hash != parent:
                 break  # not this sequence's content (cannot happen for owned blocks)
 
+    def reset_prefix_cache(self) -> int:
+        """Forget the content of every free cached block (vLLM's reset_prefix_cache); returns how many.
+
+        Blocks held by running sequences keep their hashes: their content is live.
+        """
+        dropped = [self.blocks[block_id] for block_id in self.free if self.blocks[block_id].hash is not None]
+        for block in dropped:
+            self._forget(block)
+        return len(dropped)
+
     # -- internals -------------------------------------------------------------------------------
     def _allocate_fresh(self) -> int:
         """Take the least recently freed block for new content (its old cached content is dropped)."""

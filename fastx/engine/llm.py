@@ -207,6 +207,11 @@ class LLM:
                 progress.close()
         return [self._output(rid, text, ids) for rid, text, ids in added]
 
+    def reset_prefix_cache(self) -> bool:
+        """Forget cached prompt blocks not in use (vLLM's LLM.reset_prefix_cache); e.g. between benchmark rounds."""
+        self.engine.block_manager.reset_prefix_cache()
+        return True
+
     def chat(self, messages, sampling_params=None, use_tqdm: bool = True, add_generation_prompt: bool = True,
              chat_template: str | None = None) -> list[RequestOutput]:  # fmt: skip
         """One conversation (a list of {"role", "content"}) or a list of them, through the chat template."""

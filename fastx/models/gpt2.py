@@ -28,6 +28,7 @@ import fastx.ops as ops
 from fastx.models.attention import AttentionMetadata, causal_attention
 from fastx.models.base import GenerationMixin, PreTrainedModel
 from fastx.models.outputs import BaseModelOutput, CausalLMOutput
+from fastx.ops.linear import Linear
 
 GELU_APPROXIMATION = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
 
@@ -78,8 +79,8 @@ class GPT2Attention(nn.Module):
         self.num_heads = config.n_head
         self.head_dim = config.head_dim
         self.scale = self.head_dim**-0.5 if config.scale_attn_weights else 1.0
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # query, key, value in one GEMM
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd)  # query, key, value in one GEMM
+        self.c_proj = Linear(config.n_embd, config.n_embd)
 
     def forward(self, x, meta: AttentionMetadata, kv_cache, output_attentions: bool):  # (T, E)
         q, k, v = self.c_attn(x).view(x.shape[0], 3, self.num_heads, self.head_dim).unbind(1)  # 3 x (T, H, D)
@@ -90,8 +91,8 @@ class GPT2Attention(nn.Module):
 class GPT2MLP(nn.Module):
     def __init__(self, config: GPT2Config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, config.inner_size)
-        self.c_proj = nn.Linear(config.inner_size, config.n_embd)
+        self.c_fc = Linear(config.n_embd, config.inner_size)
+        self.c_proj = Linear(config.inner_size, config.n_embd)
         self.approximate = GELU_APPROXIMATION[config.activation_function]
 
     def forward(self, x):  # (T, E) -> (T, I) -> (T, E)
@@ -220,7 +221,7 @@ class GPT2LMHeadModel(GenerationMixin, _GPT2Base):
         super().__init__()
         self.config = config
         self.transformer = GPT2Model(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
 
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:

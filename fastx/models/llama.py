@@ -33,6 +33,7 @@ import fastx.ops as ops
 from fastx.models.attention import AttentionMetadata, causal_attention
 from fastx.models.base import GenerationMixin, PreTrainedModel
 from fastx.models.outputs import BaseModelOutput, CausalLMOutput
+from fastx.ops.linear import Linear
 
 ROPE_TYPES = ("default", "linear", "llama3")
 ROPE_REQUIRED = {"default": (), "linear": ("factor",),
@@ -185,17 +186,18 @@ class LlamaAttention(nn.Module):
         self.layer_idx = layer_idx
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
         self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.qkv_bias)
-        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=config.o_bias)
+        self.qkv_proj = Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.qkv_bias)
+        self.o_proj = Linear(self.q_size, config.hidden_size, bias=config.o_bias)
         self.scale = self.head_dim**-0.5
 
-    def forward(self, x, cos, sin, meta: AttentionMetadata, kv_cache, output_attentions: bool):  # x (T, E)
-        tokens = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)  # strided views
-        q = q.view(tokens, self.num_heads, self.head_dim)  # (T, H, D)
-        k = k.view(tokens, self.num_kv_heads, self.head_dim)  # (T, K, D)
-        v = v.view(tokens, self.num_kv_heads, self.head_dim)
-        q, k = ops.rotary_embedding(q, k, cos, sin, meta.positions)
+    def forward(self, x, angles: ops.RotaryAngles, meta: AttentionMetadata, kv_cache, output_attentions: bool):
+        tokens = x.shape[0]  # x (T, E)
+        qkv = self.qkv_proj(x)  # (T, (H + 2K) D)
+        # q and k are adjacent in each row: one rotation call covers both heads' sets.
+        qk = qkv[:, : self.q_size + self.kv_size].view(tokens, self.num_heads + self.num_kv_heads, self.head_dim)
+        qk, _ = ops.rotary_embedding(qk, None, *angles)
+        q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)  # (T, H, D), (T, K, D)
+        v = qkv[:, self.q_size + self.kv_size :].view(tokens, self.num_kv_heads, self.head_dim)
         out, probs = causal_attention(q, k, v, meta, kv_cache, self.scale, output_attentions)  # (T, H, D)
         return self.o_proj(out.reshape(tokens, self.q_size)), probs
 
@@ -203,8 +205,8 @@ class LlamaAttention(nn.Module):
 class LlamaMLP(nn.Module):
     def __init__(self, config: LlamaConfig):
         super().__init__()
-        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        self.gate_up_proj = Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias)
+        self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
 
     def forward(self, x):  # (T, E) -> (T, 2F) -> silu(gate) * up (T, F) -> (T, E)
         return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))
@@ -218,13 +220,13 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, residual, cos, sin, meta, kv_cache, output_attentions):
+    def forward(self, x, residual, angles, meta, kv_cache, output_attentions):
         """x: the previous layer's MLP output (the embeddings when residual is None).
 
         Returns (MLP output, residual, probs); their sum is the residual stream after this layer.
         """
         h, residual = self.input_layernorm(x, residual)  # residual: the stream entering this layer
-        h, probs = self.self_attn(h, cos, sin, meta, kv_cache, output_attentions)
+        h, probs = self.self_attn(h, angles, meta, kv_cache, output_attentions)
         h, residual = self.post_attention_layernorm(h, residual)
         return self.mlp(h), residual, probs
 
@@ -307,12 +309,13 @@ class LlamaModel(_LlamaBase):
         if kv_caches is not None and len(kv_caches) != len(self.layers):
             raise ValueError(f"kv_caches: expected {len(self.layers)} (k_cache, v_cache) pairs, got {len(kv_caches)}")
         x, residual = self.embed_tokens(input_ids), None  # (T, E)
+        angles = ops.rotary_angles(self.rope_cos, self.rope_sin, meta.positions)  # once for every layer
         hidden_states, attentions = [], []
         for i, layer in enumerate(self.layers):
             if output_hidden_states:  # transformers' entry i: the residual stream entering layer i
                 hidden_states.append(x if residual is None else x + residual)
             kv_cache = kv_caches[i] if kv_caches is not None else None
-            x, residual, probs = layer(x, residual, self.rope_cos, self.rope_sin, meta, kv_cache, output_attentions)
+            x, residual, probs = layer(x, residual, angles, meta, kv_cache, output_attentions)
             attentions.append(probs)
         x, _ = self.norm(x, residual)
         hidden_states.append(x)  # transformers' last entry is after the final norm
@@ -347,7 +350,7 @@ class LlamaForCausalLM(GenerationMixin, _LlamaBase):
         super().__init__()
         self.config = config
         self.model = LlamaModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
 
     def tie_weights(self) -> None:
         if not self.config.tie_word_embeddings:

@@ -7,9 +7,10 @@ Triton's interpreter) and eager PyTorch otherwise; see fastx.ops._backend.
 from fastx.ops.activations import bias_gelu, gelu, silu, silu_and_mul
 from fastx.ops.attention import scaled_dot_product_attention, varlen_attention
 from fastx.ops.conv import conv2d
+from fastx.ops.linear import linear
 from fastx.ops.norms import add_layer_norm, add_rms_norm, layer_norm, rms_norm
 from fastx.ops.paged_attention import paged_decode_attention, write_kv_cache
-from fastx.ops.rotary import rotary_embedding
+from fastx.ops.rotary import RotaryAngles, rotary_angles, rotary_embedding
 
 __all__ = [
     "layer_norm",
@@ -20,8 +21,11 @@ __all__ = [
     "bias_gelu",
     "silu",
     "silu_and_mul",
+    "RotaryAngles",
+    "rotary_angles",
     "rotary_embedding",
     "conv2d",
+    "linear",
     "scaled_dot_product_attention",
     "varlen_attention",
     "write_kv_cache",

@@ -52,6 +52,22 @@ def test_freed_cached_blocks_are_revived_and_evicted_least_recently_used_first()
     assert not bm.cached or all(bm.blocks[b].hash == h for h, b in bm.cached.items())
 
 
+def test_reset_prefix_cache_forgets_free_blocks_and_keeps_live_ones():
+    bm = BlockManager(num_blocks=8, block_size=2)
+    done, live = _seq([1, 2, 3, 4, 5]), _seq([7, 8, 9, 10, 11])
+    for seq in (done, live):
+        bm.allocate(seq)
+        _compute_all(bm, seq)
+    bm.free_sequence(done)
+    assert bm.reset_prefix_cache() == 2  # done's two full blocks
+    again = _seq([1, 2, 3, 4, 6])
+    bm.allocate(again)
+    assert again.num_cached_tokens == 0  # computed anew
+    shared = _seq([7, 8, 9, 10, 0])
+    bm.allocate(shared)
+    assert shared.num_cached_tokens == 4  # the running sequence's blocks are still shared
+
+
 def test_fork_then_append_copies_the_shared_partial_block():
     bm = BlockManager(num_blocks=6, block_size=4)
     parent = _seq([1, 2, 3, 4, 5, 6])

@@ -90,3 +90,14 @@ def test_ops_validate_on_both_backends(monkeypatch):
             paged_decode_attention(q, k_cache, k_cache, torch.zeros(2, 1, dtype=torch.int32), torch.ones(2, dtype=torch.int32))
         with pytest.raises(ValueError, match="slot_mapping: expected slots < num_blocks"):
             write_kv_cache(q[:, :2], q[:, :2], k_cache, k_cache.clone(), torch.tensor([0, 16]))
+
+
+@pytest.mark.parametrize("length", [0, 1, 17, 40])
+def test_paged_decode_single_sequence_is_cut_at_its_own_length(device, length):
+    """Batch-1 decode reads exactly its context, even when max_context_len (a bound: here the
+    table's whole capacity, one block more than the context needs) is larger."""
+    k_cache, v_cache, tables, context_lens = _setup([length], 2, 32, 16, torch.float32, device)
+    q = torch.randn(1, 4, 32, device=device)
+    out = paged_decode_attention(q, k_cache, v_cache, tables, context_lens, max_context_len=tables.shape[1] * 16, validate=False)
+    ref = _reference_fp64(q, k_cache, v_cache, tables, [length])
+    torch.testing.assert_close(out, ref.to(out.dtype), rtol=1e-5, atol=1e-5)

@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+import fastx.ops as ops
 from fastx.ops.rotary import rotary_embedding
 
 
@@ -82,3 +83,27 @@ def test_rotary_embedding_rejects_bad_arguments(backend, q_shape, k_shape, pos_s
     k = torch.ones(k_shape) if k_shape else None
     with pytest.raises(ValueError, match=message):
         rotary_embedding(torch.ones(q_shape), k, cos, cos, torch.zeros(pos_shape, dtype=torch.int64))
+
+
+def test_rotary_angles_once_per_step_equal_per_call_positions(device, backend):
+    """What a model does: the angles prepared once (rotary_angles) give the same rotation as positions."""
+    q = torch.randn(7, 5, 64, device=device)  # q and k heads side by side, as a fused qkv row holds them
+    cos, sin = _cos_sin(48, 40, device)  # partial rotary: 48 of 64 dims
+    positions = torch.tensor([3, 0, 39, 5, 5, 12, 1], device=device)
+    angles = ops.rotary_angles(cos, sin, positions)
+    if backend == "torch":  # eager: rows gathered here, once
+        assert angles.positions is None and angles.cos.shape == (7, 24)
+    else:  # the kernel gathers rows itself: the tables pass through
+        assert angles.cos is cos and angles.positions is positions
+    expected, _ = rotary_embedding(q, None, cos, sin, positions)
+    out, _ = rotary_embedding(q, None, *angles)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    # Rows given per token work on either backend (the kernel reads token t's row t).
+    out_rows, _ = rotary_embedding(q, None, cos[positions], sin[positions], None)
+    torch.testing.assert_close(out_rows, expected, rtol=0, atol=0)
+
+
+def test_rotary_embedding_rows_without_positions_must_match_tokens(backend):
+    cos, sin = _cos_sin(16, 8, "cpu")
+    with pytest.raises(ValueError, match=r"cos: with positions=None, expected one row per token, shape \(4,\)"):
+        rotary_embedding(torch.ones(4, 2, 16), None, cos, sin, None)

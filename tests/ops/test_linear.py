@@ -1,0 +1,38 @@
+"""fastx.ops.linear: F.linear's values at every row count, whichever GEMM orientation runs."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastx.ops.linear import TRANSPOSED_ROWS, Linear, linear
+
+
+@pytest.mark.parametrize("rows", [1, TRANSPOSED_ROWS.start - 1, TRANSPOSED_ROWS.start, 16, TRANSPOSED_ROWS.stop - 1,
+                                  TRANSPOSED_ROWS.stop])  # fmt: skip
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_equals_f_linear(rows, bias):
+    x = torch.randn(rows, 40)
+    w = torch.randn(24, 40)
+    b = torch.randn(24) if bias else None
+    out = linear(x, w, b)
+    assert out.shape == (rows, 24) and out.is_contiguous()
+    # Same products, same accumulation over K: the orientation changes which side is narrow.
+    torch.testing.assert_close(out, F.linear(x, w, b), rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 40), (40,)])
+def test_linear_other_ranks_and_dtypes_take_f_linear(shape):
+    x = torch.randn(shape)
+    w = torch.randn(24, 40)
+    torch.testing.assert_close(linear(x, w), F.linear(x, w), rtol=0, atol=0)
+    xb, wb = torch.randn(16, 40).bfloat16(), w.bfloat16()
+    torch.testing.assert_close(linear(xb, wb), F.linear(xb, wb), rtol=0, atol=0)
+
+
+def test_linear_module_is_a_drop_in_nn_linear():
+    reference = torch.nn.Linear(40, 24)
+    module = Linear(40, 24)
+    module.load_state_dict(reference.state_dict())
+    assert isinstance(module, torch.nn.Linear)
+    x = torch.randn(16, 40)
+    torch.testing.assert_close(module(x), reference(x), rtol=1e-6, atol=1e-5)
