@@ -11,7 +11,7 @@ Two entry points share one code path (`forward_packed`):
 Blocks are pre-norm; each residual add is fused into the LayerNorm that follows it (the next
 block's ln_1, or ln_f), as vLLM does, so a block returns (mlp output, residual stream).
 Checkpoint names follow transformers'; GPT-2's Conv1D weights (in, out) are transposed to
-nn.Linear's (out, in) at load, so c_attn stays one fused QKV GEMM through plain F.linear.
+nn.Linear's (out, in) at load, so c_attn stays one fused QKV GEMM (fastx.ops.linear).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 import fastx.ops as ops
 from fastx.models.attention import AttentionMetadata, causal_attention
@@ -97,7 +96,7 @@ class GPT2MLP(nn.Module):
 
     def forward(self, x):  # (T, E) -> (T, I) -> (T, E)
         # GELU with the bias add fused into it: the GEMM runs without its bias.
-        return self.c_proj(ops.bias_gelu(F.linear(x, self.c_fc.weight), self.c_fc.bias, self.approximate))
+        return self.c_proj(ops.bias_gelu(ops.linear(x, self.c_fc.weight), self.c_fc.bias, self.approximate))
 
 
 class GPT2Block(nn.Module):
@@ -232,7 +231,7 @@ class GPT2LMHeadModel(GenerationMixin, _GPT2Base):
         return self.transformer.forward_packed(input_ids, meta, kv_caches)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # (N, E) -> (N, V)
-        return F.linear(hidden, self.lm_head.weight)
+        return self.lm_head(hidden)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, output_hidden_states=False,
                 output_attentions=False, return_dict=True) -> CausalLMOutput:  # fmt: skip

@@ -15,7 +15,8 @@ def test_linear_equals_f_linear(rows, bias):
     w = torch.randn(24, 40)
     b = torch.randn(24) if bias else None
     out = linear(x, w, b)
-    assert out.shape == (rows, 24) and out.is_contiguous()
+    assert out.shape == (rows, 24)
+    out.view(rows, 2, 12)  # the models split the last dim into heads
     # Same products, same accumulation over K: the orientation changes which side is narrow.
     torch.testing.assert_close(out, F.linear(x, w, b), rtol=1e-6, atol=1e-5)
 
