@@ -53,13 +53,7 @@ def _useful(tokens, eos):
 def _matvec_gbps(rounds=5):
     w = torch.randn(8192, 8192)
     x = torch.randn(8192)
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(4):
-            w @ x
-        best = min(best, (time.perf_counter() - start) / 4)
-    return w.numel() * 4 / best / 1e9
+    return w.numel() * 4 / _best_seconds(lambda: w @ x, rounds) / 1e9
 
 
 def _best_seconds(fn, rounds):

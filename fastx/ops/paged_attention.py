@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from fastx.kernels import paged_attention as _kernels
 from fastx.ops._backend import use_triton
 
+_COMPUTE = torch.float32  # fp32 softmax and accumulation, as in the kernel
+
 
 def write_kv_cache(key, value, k_cache, v_cache, slot_mapping, *, validate: bool = True) -> None:
     """Write key/value (T, K, D) into k_cache/v_cache (N, B, K, D) at slot_mapping (T,); slots < 0 are skipped.
@@ -89,15 +91,12 @@ def paged_decode_attention(
     return out.view(n_seqs, n_heads, head_dim).to(q.dtype)
 
 
-_COMPUTE = torch.float32  # fp32 softmax and accumulation, as in the kernel
-
-
 def _gather_head_major(cache: torch.Tensor, tables: torch.Tensor, n_seqs: int, length: int) -> torch.Tensor:
     """The first `length` tokens of each sequence's blocks as an (S, K, L, D) fp32 view.
 
     index_select copies whole blocks (N, B, K, D) -> (S, W * B, K, D); the heads-first order is
     a strided view that SDPA reads in place.
     """
-    _, block_size, kv_heads, head_dim = cache.shape
+    _, _, kv_heads, head_dim = cache.shape
     gathered = cache.index_select(0, tables).view(n_seqs, -1, kv_heads, head_dim)[:, :length]
     return gathered.transpose(1, 2).to(_COMPUTE)
