@@ -7,8 +7,7 @@ import torch.nn.functional as F
 from fastx.ops.linear import TRANSPOSED_ROWS, Linear, linear
 
 
-@pytest.mark.parametrize("rows", [1, TRANSPOSED_ROWS.start - 1, TRANSPOSED_ROWS.start, 16, TRANSPOSED_ROWS.stop - 1,
-                                  TRANSPOSED_ROWS.stop])  # fmt: skip
+@pytest.mark.parametrize("rows", [0, 1, 2, 7, 16, TRANSPOSED_ROWS.stop - 1, TRANSPOSED_ROWS.stop])
 @pytest.mark.parametrize("bias", [False, True])
 def test_linear_equals_f_linear(rows, bias):
     x = torch.randn(rows, 40)
