@@ -50,6 +50,17 @@ def _useful(tokens, eos):
     return len(tokens)
 
 
+def _tokens_held(running, block_size):
+    """Tokens whose K/V is stored, counted once per physical slot: a block shared by several
+    sequences (a common prefix) holds its tokens once, however many tables point at it."""
+    filled = {}
+    for seq in running:
+        for index, block_id in enumerate(seq.block_table):
+            tokens = min(block_size, max(0, seq.num_computed_tokens - index * block_size))
+            filled[block_id] = max(filled.get(block_id, 0), tokens)
+    return sum(filled.values())
+
+
 def _matvec_gbps(rounds=5):
     """GB/s of a 256 MB fp32 matrix-vector product: torch's matvec or, if faster, the same product
     as a two-column GEMM (the form fastx uses for one row), so the limit is the machine's, not MKL's."""
@@ -134,7 +145,7 @@ def test_generation_throughput_and_kv_efficiency(benchmark, pair, alternate):
             engine.step()
             running = engine.scheduler.running
             if running:
-                held.append(sum(s.num_computed_tokens for s in running))  # tokens whose K/V is stored
+                held.append(_tokens_held(running, engine.config.block_size))
                 reserved.append((engine.block_manager.num_blocks - engine.block_manager.num_free_blocks) * engine.config.block_size)
                 contiguous.append(sum(s.num_prompt_tokens + max_new for s in running))
         for rid in list(engine.requests):

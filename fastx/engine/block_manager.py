@@ -63,14 +63,24 @@ class BlockManager:
         return -(-num_tokens // self.block_size)
 
     # -- allocation of a sequence's whole context ------------------------------------------------
+    def _hash_chain(self, seq: Sequence, num_blocks: int) -> list[bytes]:
+        """Content hashes of the sequence's first `num_blocks` full blocks.
+
+        Tokens are only ever appended, so the chain is kept on the sequence and extended: each
+        block is hashed once in the sequence's life, not once per step.
+        """
+        chain = seq.block_hashes
+        for index in range(len(chain), num_blocks):
+            chain.append(block_hash(chain[-1] if chain else None, seq.block_token_ids(index, self.block_size)))
+        return chain[:num_blocks]
+
     def _cache_hits(self, seq: Sequence) -> list[int]:
         """Block ids of the longest cached prefix; at least one token is always left to compute."""
         if not self.enable_prefix_caching:
             return []
-        hits, parent = [], None
-        for index in range((len(seq) - 1) // self.block_size):
-            parent = block_hash(parent, seq.block_token_ids(index, self.block_size))
-            block_id = self.cached.get(parent)
+        hits = []
+        for content in self._hash_chain(seq, (len(seq) - 1) // self.block_size):
+            block_id = self.cached.get(content)
             if block_id is None:
                 break
             hits.append(block_id)
@@ -149,20 +159,23 @@ class BlockManager:
         seq.block_table[index] = new_id
         return [(block.block_id, new_id)]
 
-    def register_full_blocks(self, seq: Sequence) -> None:
-        """Hash the blocks whose K/V is now complete so later sequences can share them."""
+    def register_full_blocks(self, seq: Sequence, num_tokens: int) -> None:
+        """Publish the blocks that are full once the sequence's first `num_tokens` tokens have K/V.
+
+        The scheduler calls this when it schedules those tokens, before the step runs (as vLLM
+        does), so a prompt admitted later in the same step already shares them: within each
+        layer the step writes every new token's K/V to the cache before any attention reads it.
+        """
         if not self.enable_prefix_caching:
             return
-        parent = None
-        for index in range(seq.num_computed_tokens // self.block_size):
+        for index, content in enumerate(self._hash_chain(seq, num_tokens // self.block_size)):
             block = self.blocks[seq.block_table[index]]
-            parent = block_hash(parent, seq.block_token_ids(index, self.block_size))
             if block.hash is None:
-                if parent in self.cached:
+                if content in self.cached:
                     continue  # the same content lives in another block already
-                block.hash = parent
-                self.cached[parent] = block.block_id
-            elif block.hash != parent:
+                block.hash = content
+                self.cached[content] = block.block_id
+            elif block.hash != content:
                 break  # not this sequence's content (cannot happen for owned blocks)
 
     def reset_prefix_cache(self) -> int:

@@ -163,8 +163,6 @@ class Engine:
         if not batch.is_decode:
             self.num_prefill_tokens += sum(batch.num_tokens)
         sampling, logits = self.runner.run(batch)
-        for seq in batch.seqs:
-            self.block_manager.register_full_blocks(seq)
         changed = []
         if sampling:
             result = sample(logits, sampling, self.eos_token_ids, self.generator)

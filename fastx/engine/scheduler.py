@@ -60,6 +60,7 @@ class Scheduler:
         for seq in self.running:
             if budget and seq.num_uncomputed_tokens > 1:
                 n = min(seq.num_uncomputed_tokens, budget)
+                self.blocks.register_full_blocks(seq, seq.num_computed_tokens + n)
                 seqs.append(seq)
                 counts.append(n)
                 budget -= n
@@ -72,6 +73,8 @@ class Scheduler:
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             n = min(seq.num_uncomputed_tokens, budget)
+            # Published now, so the prompts admitted after this one in the same step share them.
+            self.blocks.register_full_blocks(seq, seq.num_computed_tokens + n)
             seqs.append(seq)
             counts.append(n)
             budget -= n
@@ -92,6 +95,7 @@ class Scheduler:
                     break
             if seq in self.running:
                 copies += self.blocks.prepare_slot(seq)
+                self.blocks.register_full_blocks(seq, seq.num_computed_tokens + 1)
                 scheduled.append(seq)
         if not scheduled:
             return None

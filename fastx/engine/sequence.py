@@ -33,6 +33,7 @@ class Sequence:
         self.generator = generator  # per-request seed: same samples whatever the batch or preemption
         self.status = SequenceStatus.WAITING
         self.block_table: list[int] = []
+        self.block_hashes: list[bytes] = []  # content hash of each full block of token_ids, a prefix chain
         self.num_computed_tokens = 0  # tokens whose K/V sit in the cache
         self.num_cached_tokens = 0  # of those, found in the prefix cache at allocation
         self.finish_reason: str | None = None

@@ -18,7 +18,7 @@ def _seq(tokens, request_id=0):
 def _compute_all(bm, seq):
     """What the runner does after a prefill: every token now has K/V."""
     seq.num_computed_tokens = len(seq)
-    bm.register_full_blocks(seq)
+    bm.register_full_blocks(seq, len(seq))
 
 
 def test_prefix_blocks_are_shared_and_one_token_is_always_recomputed():
@@ -118,7 +118,7 @@ class BlockManagerMachine(RuleBasedStateMachine):
             return
         self.bm.prepare_slot(seq)
         seq.num_computed_tokens = len(seq) - 1
-        self.bm.register_full_blocks(seq)
+        self.bm.register_full_blocks(seq, seq.num_computed_tokens)
 
     @precondition(lambda self: self.live)
     @rule(data=st.data())
