@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastx.ops.linear import TRANSPOSED_ROWS, Linear, linear
+from fastx.ops.linear import TRANSPOSED_ROWS, Linear, _gemm_columns, linear
 
 
-@pytest.mark.parametrize("rows", [0, 1, 2, 7, 16, TRANSPOSED_ROWS.stop - 1, TRANSPOSED_ROWS.stop])
+@pytest.mark.parametrize("rows", [0, 1, 2, 3, 7, 9, 15, 16, 17, TRANSPOSED_ROWS.stop - 1, TRANSPOSED_ROWS.stop])
 @pytest.mark.parametrize("bias", [False, True])
 def test_linear_equals_f_linear(rows, bias):
     x = torch.randn(rows, 40)
@@ -36,3 +36,8 @@ def test_linear_module_is_a_drop_in_nn_linear():
     assert isinstance(module, torch.nn.Linear)
     x = torch.randn(16, 40)
     torch.testing.assert_close(module(x), reference(x), rtol=1e-6, atol=1e-5)
+
+
+def test_gemm_columns_pad_to_the_fast_column_counts():
+    assert [_gemm_columns(r) for r in range(1, 10)] == [2, 2, 4, 4, 5, 6, 7, 8, 16]
+    assert all(_gemm_columns(r) >= r and _gemm_columns(r) - r < 8 for r in TRANSPOSED_ROWS)
