@@ -19,8 +19,14 @@ import torch
 _CHOICES = ("auto", "triton", "torch")
 
 
+_environ = os.environ
+
+
 def backend_setting() -> str:
-    value = os.environ.get("FASTX_BACKEND", "auto").strip().lower() or "auto"
+    raw = _environ.get("FASTX_BACKEND")
+    if raw is None:  # the common case, several hundred times per decode step: no parsing
+        return "auto"
+    value = raw.strip().lower() or "auto"
     if value not in _CHOICES:
         raise ValueError(f"FASTX_BACKEND: expected one of {', '.join(_CHOICES)}, got {value!r}")
     return value
@@ -35,7 +41,7 @@ def use_triton(*tensors: torch.Tensor | None) -> bool:
     setting = backend_setting()
     if setting == "torch":
         return False
-    on_cuda = all(t.is_cuda for t in tensors if t is not None)
+    on_cuda = all(t is None or t.is_cuda for t in tensors)
     if setting == "auto":
         return on_cuda
     if not on_cuda and not interpreter_enabled():
