@@ -47,7 +47,10 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     padding = _gemm_columns(rows) - rows
     # Row-major rows: MKL reads a (K, M) column-major operand far faster at a few columns (one
     # step's GEMMs at 8 rows: 41 ms from contiguous rows, 83 ms from a transposed view).
-    columns = (F.pad(input, (0, 0, 0, padding)) if padding else input).contiguous().t()  # (K, M + padding)
+    if rows == 1:  # the decode step of one sequence: the row twice (cheaper to build than zero padding)
+        columns = input.expand(2, -1).contiguous().t()
+    else:
+        columns = (F.pad(input, (0, 0, 0, padding)) if padding else input).contiguous().t()  # (K, M + padding)
     if bias is None:
         out = torch.mm(weight, columns)  # (N, M)
     else:
