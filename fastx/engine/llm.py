@@ -75,8 +75,13 @@ class LLM:
         tokenizer: str | os.PathLike | Any | None = None,
         skip_tokenizer_init: bool = False,
         revision: str | None = None,
+        pack_weights: bool = False,
     ):
+        """`pack_weights`: float32 CPU models only; adds a oneDNN-packed copy of every projection
+        weight, so batches of 3 or more sequences and prefills run ~1.6x faster, for twice the
+        projection weights' memory (fastx.ops.linear.pack_linear_weights)."""
         from fastx.models import AutoModelForCausalLM
+        from fastx.ops.linear import pack_linear_weights
 
         if isinstance(model, torch.nn.Module):
             self.model = model
@@ -86,6 +91,8 @@ class LLM:
             if device is None:
                 device = "cuda" if torch.cuda.is_available() else "cpu"
             self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, device=device, revision=revision)
+        if pack_weights:
+            pack_linear_weights(self.model)
         self.tokenizer = None if skip_tokenizer_init else self._load_tokenizer(tokenizer or source, revision)
         config = self.model.config
         eos = self._eos_ids(config, source)

@@ -15,6 +15,12 @@ partial group costs nearly a full one or more. The 121 GEMMs of one SmolLM2 deco
 streamed, took (ms at columns) 1:43 2:17 3:23 4:23 8:39 9:51 12:69 13:87 15:105 16:53 17:71
 23:108 24:71 32:75 on the EPYC. So the rows are padded with zeros to the next column count that
 runs fastest (_gemm_columns); the padded columns' results are dropped.
+
+Packed weights (opt-in, `pack_linear_weights`): oneDNN's GEMM on a weight reordered once into
+its blocked layout beats MKL from three rows up. The same 121 GEMMs took 29 ms at 16 rows (MKL:
+53), 22 at 8 (39), 98 at 64 (F.linear: 166) and 678 at 512 (838); at one or two rows MKL's
+two-column GEMM on the dense weight stays faster (16 vs 21 ms), so those rows keep it. The
+packed copy sits beside the dense weight: weight memory doubles, which is why it is opt-in.
 """
 
 from __future__ import annotations
@@ -26,6 +32,10 @@ from torch import nn
 # Row counts computed as W @ x.T (see the module docstring).
 TRANSPOSED_ROWS = range(1, 49)
 _MKL = torch.backends.mkl.is_available()
+# oneDNN's linear on a pre-reordered weight: the op torch's inductor uses for frozen CPU models.
+ONEDNN_PACKING = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+PACKED_MIN_ROWS = 3  # fewer rows keep MKL's two-column GEMM on the dense weight (faster there)
+_PACK_ROWS_HINT = 16  # the batch size oneDNN picks the blocked layout for (fastest measured at 1-512 rows)
 
 
 def _gemm_columns(rows: int) -> int:
@@ -58,8 +68,51 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     return out[:, :rows].t()
 
 
+def pack_weight(weight: torch.Tensor) -> torch.Tensor:
+    """The (N, K) weight reordered into oneDNN's blocked layout (an opaque mkldnn tensor)."""
+    if not ONEDNN_PACKING:
+        raise ValueError("pack_weights: this torch build has no oneDNN (mkldnn) linear to run packed weights")
+    if weight.device.type != "cpu" or weight.dtype != torch.float32 or weight.dim() != 2:
+        raise ValueError(f"pack_weights: expected a 2-D float32 CPU weight, got {weight.dtype} {tuple(weight.shape)} "
+                         f"on {weight.device}")  # fmt: skip
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _PACK_ROWS_HINT)
+
+
 class Linear(nn.Linear):
-    """nn.Linear (same parameters, same checkpoints) whose forward is fastx.ops.linear."""
+    """nn.Linear (same parameters, same checkpoints) whose forward is fastx.ops.linear, or oneDNN's
+    GEMM on a packed copy of the weight after `pack()`."""
+
+    packed_weight: torch.Tensor | None = None  # not a parameter or buffer: checkpoints never see it
+
+    def pack(self) -> None:
+        """Add a packed copy of the weight (pack after loading: later writes to .weight do not reach it)."""
+        self.packed_weight = pack_weight(self.weight)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return linear(input, self.weight, self.bias)
+        packed = self.packed_weight
+        if packed is None or input.is_cuda or input.dtype != torch.float32 or input.dim() < 2:
+            return linear(input, self.weight, self.bias)
+        rows = input.reshape(-1, input.shape[-1])
+        if rows.shape[0] < PACKED_MIN_ROWS:
+            return linear(rows, self.weight, self.bias).view(*input.shape[:-1], self.out_features)
+        out = torch.ops.mkldnn._linear_pointwise(rows.contiguous(), packed, self.bias, "none", [], "")
+        return out.view(*input.shape[:-1], self.out_features)
+
+
+def pack_linear_weights(model: nn.Module) -> int:
+    """Give every fastx Linear of a CPU float32 model a packed weight copy; returns how many.
+
+    Batched decode and prefill run oneDNN's GEMM (see the module docstring), at the cost of a
+    second copy of the projection weights. Raises ValueError (before packing any) for a model
+    that is not float32 on the CPU.
+    """
+    layers = [m for m in model.modules() if isinstance(m, Linear)]
+    for layer in layers:
+        if layer.weight.device.type != "cpu" or layer.weight.dtype != torch.float32:
+            raise ValueError(f"pack_weights: expected a float32 model on the CPU, got {layer.weight.dtype} on "
+                             f"{layer.weight.device}")  # fmt: skip
+    if layers and not ONEDNN_PACKING:
+        raise ValueError("pack_weights: this torch build has no oneDNN (mkldnn) linear to run packed weights")
+    for layer in layers:
+        layer.pack()
+    return len(layers)

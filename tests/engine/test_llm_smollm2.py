@@ -18,16 +18,29 @@ def llm(smollm2_checkpoint):
     return LLM(smollm2_checkpoint, dtype="float32", device="cpu", kv_cache_memory=256 << 20)
 
 
-def test_greedy_chat_tokens_equal_transformers(llm, smollm2_checkpoint):
-    params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
-    outputs = llm.chat(CHATS, params, use_tqdm=False)
+@pytest.fixture(scope="module")
+def expected(llm, smollm2_checkpoint):
+    """transformers' greedy continuation (32 tokens) of each chat prompt."""
     reference = transformers.AutoModelForCausalLM.from_pretrained(smollm2_checkpoint).eval()
-    for out in outputs:
+    tokenizer = llm.get_tokenizer()
+    continuations = []
+    for chat in CHATS:
+        ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True)
         with torch.no_grad():
-            expected = reference.generate(torch.tensor([out.prompt_token_ids]), max_new_tokens=32, do_sample=False,
-                                          eos_token_id=None, pad_token_id=0)[0, len(out.prompt_token_ids) :]  # fmt: skip
-        assert out.outputs[0].token_ids == expected.tolist()
-        assert out.outputs[0].text == llm.get_tokenizer().decode(expected, skip_special_tokens=True)
+            out = reference.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False, eos_token_id=None, pad_token_id=0)
+        continuations.append(out[0, len(ids) :].tolist())
+    return continuations
+
+
+@pytest.mark.parametrize("pack_weights", [False, True], ids=["dense", "packed"])
+def test_greedy_chat_tokens_equal_transformers(llm, smollm2_checkpoint, expected, pack_weights):
+    """The three chats decode as one batch, so packed weights serve both prefill and decode."""
+    engine = LLM(smollm2_checkpoint, dtype="float32", device="cpu", kv_cache_memory=64 << 20, pack_weights=True) if pack_weights else llm
+    params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
+    outputs = engine.chat(CHATS, params, use_tqdm=False)
+    for out, tokens in zip(outputs, expected):
+        assert out.outputs[0].token_ids == tokens
+        assert out.outputs[0].text == llm.get_tokenizer().decode(tokens, skip_special_tokens=True)
 
 
 def test_stream_yields_the_same_text_incrementally_and_close_aborts(llm):

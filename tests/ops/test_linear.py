@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastx.ops.linear import TRANSPOSED_ROWS, Linear, _gemm_columns, linear
+from fastx.ops.linear import (ONEDNN_PACKING, PACKED_MIN_ROWS, TRANSPOSED_ROWS, Linear, _gemm_columns, linear,
+                              pack_linear_weights)
 
 
 @pytest.mark.parametrize("rows", [0, 1, 2, 3, 7, 9, 15, 16, 17, TRANSPOSED_ROWS.stop - 1, TRANSPOSED_ROWS.stop])
@@ -41,3 +42,29 @@ def test_linear_module_is_a_drop_in_nn_linear():
 def test_gemm_columns_pad_to_the_fast_column_counts():
     assert [_gemm_columns(r) for r in range(1, 10)] == [2, 2, 4, 4, 5, 6, 7, 8, 16]
     assert all(_gemm_columns(r) >= r and _gemm_columns(r) - r < 8 for r in TRANSPOSED_ROWS)
+
+
+needs_onednn = pytest.mark.skipif(not ONEDNN_PACKING, reason="this torch build has no oneDNN linear")
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", [(1, 40), (2, 40), (PACKED_MIN_ROWS, 40), (16, 40), (100, 40), (3, 5, 40)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_linear_equals_f_linear(shape, bias):
+    module = Linear(40, 24, bias=bias)
+    module.pack()
+    x = torch.randn(shape)
+    out = module(x)
+    assert out.shape == (*shape[:-1], 24)
+    # oneDNN accumulates over K in its own order: fp32 rounding differences only.
+    torch.testing.assert_close(out, F.linear(x, module.weight, module.bias), rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_pack_linear_weights_packs_every_projection_and_refuses_other_dtypes():
+    model = torch.nn.Sequential(Linear(8, 8), torch.nn.ReLU(), Linear(8, 4))
+    assert pack_linear_weights(model) == 2
+    assert all(m.packed_weight is not None for m in model if isinstance(m, Linear))
+    assert "packed_weight" not in " ".join(model.state_dict())  # checkpoints never see the copy
+    with pytest.raises(ValueError, match="pack_weights: expected a float32 model on the CPU, got torch.bfloat16"):
+        pack_linear_weights(torch.nn.Sequential(Linear(8, 8)).bfloat16())
