@@ -96,7 +96,7 @@ class GPT2MLP(nn.Module):
 
     def forward(self, x):  # (T, E) -> (T, I) -> (T, E)
         # GELU with the bias add fused into it: the GEMM runs without its bias.
-        return self.c_proj(ops.bias_gelu(ops.linear(x, self.c_fc.weight), self.c_fc.bias, self.approximate))
+        return self.c_proj(ops.bias_gelu(self.c_fc.project(x), self.c_fc.bias, self.approximate))
 
 
 class GPT2Block(nn.Module):

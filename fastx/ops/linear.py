@@ -89,13 +89,20 @@ class Linear(nn.Linear):
         self.packed_weight = pack_weight(self.weight)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self._gemm(input, self.bias)
+
+    def project(self, input: torch.Tensor) -> torch.Tensor:
+        """input @ weight.T without the bias (for a caller that fuses the bias into what follows)."""
+        return self._gemm(input, None)
+
+    def _gemm(self, input: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         packed = self.packed_weight
         if packed is None or input.is_cuda or input.dtype != torch.float32 or input.dim() < 2:
-            return linear(input, self.weight, self.bias)
+            return linear(input, self.weight, bias)
         rows = input.reshape(-1, input.shape[-1])
         if rows.shape[0] < PACKED_MIN_ROWS:
-            return linear(rows, self.weight, self.bias).view(*input.shape[:-1], self.out_features)
-        out = torch.ops.mkldnn._linear_pointwise(rows.contiguous(), packed, self.bias, "none", [], "")
+            return linear(rows, self.weight, bias).view(*input.shape[:-1], self.out_features)
+        out = torch.ops.mkldnn._linear_pointwise(rows.contiguous(), packed, bias, "none", [], "")
         return out.view(*input.shape[:-1], self.out_features)
 
 

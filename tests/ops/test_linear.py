@@ -58,6 +58,7 @@ def test_packed_linear_equals_f_linear(shape, bias):
     assert out.shape == (*shape[:-1], 24)
     # oneDNN accumulates over K in its own order: fp32 rounding differences only.
     torch.testing.assert_close(out, F.linear(x, module.weight, module.bias), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(module.project(x), F.linear(x, module.weight), rtol=1e-5, atol=1e-5)
 
 
 @needs_onednn
