@@ -45,6 +45,7 @@ class BlockManager:
         self.free: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))  # front = LRU
         self.cached: dict[bytes, int] = {}  # content hash -> block id (free or in use)
         self.num_prefix_hits = 0  # tokens served from the prefix cache (for tests and stats)
+        self._published: list[Block] = []  # blocks published since the current step was scheduled
 
     # -- accounting ---------------------------------------------------------------------------
     @property
@@ -175,8 +176,19 @@ class BlockManager:
                     continue  # the same content lives in another block already
                 block.hash = content
                 self.cached[content] = block.block_id
+                self._published.append(block)
             elif block.hash != content:
                 break  # not this sequence's content (cannot happen for owned blocks)
+
+    def begin_step(self) -> None:
+        self._published.clear()
+
+    def withdraw_step(self) -> None:
+        """The step failed before its K/V was written: unpublish the blocks it published."""
+        for block in self._published:
+            if block.hash is not None:
+                self._forget(block)
+        self._published.clear()
 
     def reset_prefix_cache(self) -> int:
         """Forget the content of every free cached block (vLLM's reset_prefix_cache); returns how many.

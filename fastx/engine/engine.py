@@ -162,7 +162,14 @@ class Engine:
             return self._unblock()
         if not batch.is_decode:
             self.num_prefill_tokens += sum(batch.num_tokens)
-        sampling, logits = self.runner.run(batch)
+        try:
+            sampling, logits = self.runner.run(batch)
+        except BaseException:
+            # The step's K/V may be partly written: unpublish the blocks it published and
+            # recompute its sequences from scratch, so no later step reads what was never written.
+            self.block_manager.withdraw_step()
+            self.scheduler.requeue(batch.seqs)
+            raise
         changed = []
         if sampling:
             result = sample(logits, sampling, self.eos_token_ids, self.generator)

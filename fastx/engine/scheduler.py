@@ -49,6 +49,7 @@ class Scheduler:
 
     # -- one step ------------------------------------------------------------------------------
     def schedule(self) -> ScheduledBatch | None:
+        self.blocks.begin_step()
         prefill = self._schedule_prefill()
         if prefill is not None:
             return prefill
@@ -100,6 +101,12 @@ class Scheduler:
         if not scheduled:
             return None
         return ScheduledBatch(scheduled, [1] * len(scheduled), is_decode=True, block_copies=copies)
+
+    def requeue(self, seqs: list[Sequence]) -> None:
+        """Send running sequences back to wait for a full recompute, oldest first in the queue."""
+        for seq in sorted(seqs, key=lambda s: s.arrival, reverse=True):
+            if seq in self.running:
+                self._preempt(seq)
 
     def _preempt(self, seq: Sequence) -> None:
         """Recompute later: free the blocks, keep the tokens, requeue at the front."""

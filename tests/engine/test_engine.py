@@ -99,6 +99,34 @@ def test_same_step_sharing_survives_chunked_prefill(tiny):
     assert chunked.engine.num_prefill_tokens < 42 + 41 + 21
 
 
+def test_a_failed_step_unpublishes_its_blocks_and_the_engine_recovers(tiny):
+    """Prefix blocks are published when scheduled; a step that dies before writing their K/V must
+    not leave them in the cache, nor leave a sequence that believes it read them."""
+    _, folder = tiny
+    shared = list(range(30, 70))
+    prompts = [shared + [1, 2], shared + [3]]
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    expected = _ids(LLM(folder, num_kv_blocks=64).generate(prompts, params, use_tqdm=False))
+    llm = LLM(folder, num_kv_blocks=64)
+    engine, model = llm.engine, llm.engine.runner.model
+    for prompt in prompts:
+        engine.add_request(prompt, params)
+    working = model.forward_packed
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("injected failure")
+
+    model.forward_packed = fail
+    with pytest.raises(RuntimeError, match="injected failure"):
+        engine.step()
+    model.forward_packed = working
+    assert not engine.block_manager.cached and engine.block_manager.num_free_blocks == 64
+    assert [s.num_computed_tokens for s in engine.scheduler.waiting] == [0, 0]
+    while engine.has_unfinished():
+        engine.step()
+    assert [engine.pop_request(r).seqs[0].output_token_ids for r in list(engine.requests)] == expected
+
+
 def test_parallel_samples_share_the_prompt_blocks(tiny):
     _, folder = tiny
     prompt = [t % 101 for t in range(100)]  # 6 full blocks of 16 shared by all samples, 1 partial block each
