@@ -140,6 +140,48 @@ def test_tokenizer_from_folder_and_gguf_file(smollm2_gguf, tokenizers_pair):
     assert tokenizer(TEXTS[-1])["input_ids"] == tokenizers_pair[0](TEXTS[-1])["input_ids"]
 
 
+def _write_sentencepiece_gguf(path):
+    """A GGUF whose vocabulary is sentencepiece-style (tokenizer.ggml.model "llama", as in TinyLlama or
+    Llama-2 files): <unk> <s> </s>, the 256 byte-fallback tokens, then "▁"-spelled pieces ranked by score."""
+    pieces = ["▁", "t", "h", "e", "a", "c", "o", "n", "s", "i", "d", "g", "r", "▁t", "he", "▁the", "▁c", "at", "▁cat",
+              "on", "▁on", "▁s", "it", "▁sit", "▁a", "in", "▁in", "▁d", "og", "▁dog", "er", "▁h"]  # fmt: skip
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(1)
+    writer.add_embedding_length(8)
+    writer.add_feed_forward_length(16)
+    writer.add_head_count(2)
+    writer.add_context_length(64)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores([0.0] * 259 + [-float(i) for i in range(len(pieces))])
+    writer.add_token_types([2, 3, 3] + [6] * 256 + [1] * len(pieces))  # unknown, control, byte, normal
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_tensor("token_embd.weight", np.zeros((len(tokens), 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("text", ["the cat sat on the dog", " the  cat", "thecat in", "héllo wörld 🤗", "\tthe\ncat  ",
+                                  "a", "</s> the <s>", ""])  # fmt: skip
+def test_sentencepiece_gguf_tokenizer_equals_transformers(tmp_path, text):
+    """Merges from scores, byte fallback for what the vocabulary lacks, "▁" for spaces, BOS added."""
+    from fastx.gguf import load_gguf_tokenizer
+
+    path = _write_sentencepiece_gguf(tmp_path / "sentencepiece.gguf")
+    ours = load_gguf_tokenizer(path)
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
+    ids = ours(text)["input_ids"]
+    assert ids == theirs(text)["input_ids"]
+    assert ours.decode(ids) == theirs.decode(ids)
+    assert ours.decode(ids, skip_special_tokens=True) == theirs.decode(ids, skip_special_tokens=True)
+
+
 # -- broken files -------------------------------------------------------------------------------
 def _write_gguf(path, architecture="llama", tensor_type=None):
     """A tiny GGUF: metadata of a 1-layer model and one F32 tensor."""
