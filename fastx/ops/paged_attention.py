@@ -70,25 +70,34 @@ def paged_decode_attention(
     # per-sequence loops, advanced indexing and hand-written matmul/softmax chains each cost
     # more (SmolLM2 decode, 2-core CPU: 100 vs 170 us at batch 1, 0.8 vs 2.5 ms at batch 16).
     # Contexts are cut at the longest and shorter ones masked; a single sequence needs no mask.
-    lens = context_lens.long()
-    if n_seqs == 1:  # its own length: no padding to mask
-        longest = int(lens[0])
+    # At decode sizes each torch call costs about as much as its work, so calls that would do
+    # nothing (int64 or fp32 conversions of what already is) are skipped.
+    if n_seqs == 1:  # cut at its own length (max_context_len is only a bound): no padding to mask
+        longest = int(context_lens[0])
+    elif max_context_len is not None and not validate:  # a bound the caller vouches for; the rest is masked
+        longest = max_context_len
     else:
-        longest = max_context_len if max_context_len is not None and not validate else int(lens.max())
+        longest = int(context_lens.max())
     if longest == 0:
         return torch.zeros_like(q)
     width = -(-longest // block_size)
-    tables = block_tables[:, :width].reshape(-1).long()  # (S * W,)
+    tables = block_tables[:, :width].reshape(-1)  # (S * W,); index_select takes int32 or int64
     k = _gather_head_major(k_cache, tables, n_seqs, longest)  # (S, K, L, D)
     v = _gather_head_major(v_cache, tables, n_seqs, longest)
     mask = None
-    if n_seqs > 1:
+    if n_seqs > 1:  # a single sequence is cut at its own length: nothing to mask
+        lens = context_lens.to(torch.long)
         mask = (torch.arange(longest, device=q.device)[None, :] < lens[:, None])[:, None, None, :]  # (S, 1, 1, L)
-    queries = q.view(n_seqs, n_heads, 1, head_dim).to(_COMPUTE)
+    queries = _as_compute(q.view(n_seqs, n_heads, 1, head_dim))
     out = F.scaled_dot_product_attention(queries, k, v, attn_mask=mask, scale=scale, enable_gqa=kv_heads != n_heads)
     if mask is not None:
         out = out.nan_to_num_(0.0)  # a context of 0 tokens -> zeros, never NaN
-    return out.view(n_seqs, n_heads, head_dim).to(q.dtype)
+    out = out.view(n_seqs, n_heads, head_dim)
+    return out if out.dtype == q.dtype else out.to(q.dtype)
+
+
+def _as_compute(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype == _COMPUTE else x.to(_COMPUTE)
 
 
 def _gather_head_major(cache: torch.Tensor, tables: torch.Tensor, n_seqs: int, length: int) -> torch.Tensor:
@@ -99,4 +108,4 @@ def _gather_head_major(cache: torch.Tensor, tables: torch.Tensor, n_seqs: int, l
     """
     _, _, kv_heads, head_dim = cache.shape
     gathered = cache.index_select(0, tables).view(n_seqs, -1, kv_heads, head_dim)[:, :length]
-    return gathered.transpose(1, 2).to(_COMPUTE)
+    return _as_compute(gathered.transpose(1, 2))
