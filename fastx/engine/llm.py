@@ -79,7 +79,7 @@ class LLM:
     ):
         """`pack_weights`: float32 CPU models only; adds a oneDNN-packed copy of every projection
         weight, so batches of 3 or more sequences and prefills run ~1.6x faster, for twice the
-        projection weights' memory (fastx.ops.linear.pack_linear_weights)."""
+        projection weights' memory (fastx.ops.pack_linear_weights)."""
         from fastx.models import AutoModelForCausalLM
         from fastx.ops.linear import pack_linear_weights
 
