@@ -135,6 +135,17 @@ class BlockManagerMachine(RuleBasedStateMachine):
         self.live.remove(seq)
         self.bm.free_sequence(seq)
 
+    @precondition(lambda self: self.live)
+    @rule(data=st.data())
+    def publish_then_withdraw(self, data):
+        """A step publishes a sequence's full blocks when scheduled, then fails before running."""
+        seq = data.draw(st.sampled_from(self.live))
+        before = dict(self.bm.cached)
+        self.bm.begin_step()
+        self.bm.register_full_blocks(seq, len(seq))
+        self.bm.withdraw_step()
+        assert self.bm.cached == before
+
     @invariant()
     def every_block_is_free_or_referenced_never_both(self):
         for block in self.bm.blocks:
