@@ -138,6 +138,20 @@ def _ceiling_useful_tok_s(model, prompt_tokens, outputs, gflops, gbps):
     return useful / seconds
 
 
+def _kv_usage_recorder(engine, max_tokens_of):
+    """Per-step (tokens held, slots fastx reserves, slots a prompt + max_tokens cache reserves, sequences)."""
+    rows = []
+
+    def record():
+        running = engine.scheduler.running
+        if running:
+            used = engine.block_manager.num_blocks - engine.block_manager.num_free_blocks
+            rows.append((_tokens_held(running, engine.config.block_size), used * engine.config.block_size,
+                         sum(s.num_prompt_tokens + max_tokens_of(s) for s in running), len(running)))  # fmt: skip
+
+    return rows, record
+
+
 @pytest.fixture(scope="module")
 def packed_llm(smollm2_gguf, bench_device):
     """fastx with oneDNN-packed weights: a CPU option, None elsewhere."""
@@ -219,20 +233,6 @@ def test_generation_throughput_and_kv_efficiency(benchmark, pair, packed_llm, al
           f"{gflops:.0f} GFLOP/s, weights at {gbps:.1f} GB/s), fastx at {best['fastx'] / ceiling:.0%} of it; "
           f"KV tokens/slot {efficiency:.1%} (contiguous prompt+max_tokens reservation {static:.1%}; target 96%)")
     benchmark.pedantic(run_fastx, rounds=1, iterations=1)
-
-
-def _kv_usage_recorder(engine, max_tokens_of):
-    """Per-step (tokens held, slots fastx reserves, slots a prompt + max_tokens cache reserves, sequences)."""
-    rows = []
-
-    def record():
-        running = engine.scheduler.running
-        if running:
-            used = engine.block_manager.num_blocks - engine.block_manager.num_free_blocks
-            rows.append((_tokens_held(running, engine.config.block_size), used * engine.config.block_size,
-                         sum(s.num_prompt_tokens + max_tokens_of(s) for s in running), len(running)))  # fmt: skip
-
-    return rows, record
 
 
 def test_kv_memory_on_a_mixed_length_workload(benchmark, pair):

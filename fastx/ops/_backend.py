@@ -19,11 +19,8 @@ import torch
 _CHOICES = ("auto", "triton", "torch")
 
 
-_environ = os.environ
-
-
 def backend_setting() -> str:
-    raw = _environ.get("FASTX_BACKEND")
+    raw = os.environ.get("FASTX_BACKEND")
     if raw is None:  # the common case, several hundred times per decode step: no parsing
         return "auto"
     value = raw.strip().lower() or "auto"

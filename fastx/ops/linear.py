@@ -54,12 +54,12 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     if input.is_cuda or not _MKL or input.dim() != 2 or input.shape[0] not in TRANSPOSED_ROWS or input.dtype != torch.float32:
         return F.linear(input, weight, bias)
     rows = input.shape[0]
-    padding = _gemm_columns(rows) - rows
     # Row-major rows: MKL reads a (K, M) column-major operand far faster at a few columns (one
     # step's GEMMs at 8 rows: 41 ms from contiguous rows, 83 ms from a transposed view).
     if rows == 1:  # the decode step of one sequence: the row twice (cheaper to build than zero padding)
         columns = input.expand(2, -1).contiguous().t()
     else:
+        padding = _gemm_columns(rows) - rows
         columns = (F.pad(input, (0, 0, 0, padding)) if padding else input).contiguous().t()  # (K, M + padding)
     if bias is None:
         out = torch.mm(weight, columns)  # (N, M)
