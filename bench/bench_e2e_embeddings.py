@@ -18,8 +18,10 @@ LENGTHS = [3, 5, 8, 12, 20, 40, 80, 120]  # words; a long tail as in real corpor
 
 def _sentences(n):
     rng = random.Random(0)
-    words = ("the quick brown fox jumps over a lazy dog while transformer models encode sentences into "
-             "dense vectors for semantic search and clustering of documents").split()  # fmt: skip
+    words = (
+        "the quick brown fox jumps over a lazy dog while transformer models encode sentences into "
+        "dense vectors for semantic search and clustering of documents"
+    ).split()
     return [" ".join(rng.choice(words) for _ in range(rng.choice(LENGTHS))) for _ in range(n)]
 
 
@@ -32,8 +34,12 @@ def test_minilm_embeddings_throughput(benchmark, bench_device, alternate):
     quick = benchmark.disabled  # CI smoke run: one small round of each
     sentences = _sentences(64 if quick else SENTENCES)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    batches = [tokenizer(sentences[i : i + BATCH], padding=True, truncation=True, max_length=256, return_tensors="pt").to(bench_device)
-               for i in range(0, len(sentences), BATCH)]  # fmt: skip
+    batches = [
+        tokenizer(sentences[i : i + BATCH], padding=True, truncation=True, max_length=256, return_tensors="pt").to(
+            bench_device
+        )
+        for i in range(0, len(sentences), BATCH)
+    ]
     ours = AutoModel.from_pretrained(path, device=bench_device)
     theirs = transformers.AutoModel.from_pretrained(path).to(bench_device).eval()
 
@@ -49,8 +55,16 @@ def test_minilm_embeddings_throughput(benchmark, bench_device, alternate):
     runs = alternate({"fastx": run_fastx, "transformers": run_transformers}, 1 if quick else 3)
     rate = {name: len(sentences) / min(t for t, _ in r) for name, r in runs.items()}
     ratio = rate["fastx"] / rate["transformers"]
-    benchmark.extra_info.update({"sentences_per_s_fastx": rate["fastx"], "sentences_per_s_transformers": rate["transformers"],
-                                 "ratio": ratio, "target_ratio": 2.0})  # fmt: skip
-    print(f"\nall-MiniLM-L6-v2, {len(sentences)} sentences: fastx {rate['fastx']:.1f}/s, "
-          f"transformers {rate['transformers']:.1f}/s, ratio {ratio:.2f}x (target 2x)")
+    benchmark.extra_info.update(
+        {
+            "sentences_per_s_fastx": rate["fastx"],
+            "sentences_per_s_transformers": rate["transformers"],
+            "ratio": ratio,
+            "target_ratio": 2.0,
+        }
+    )
+    print(
+        f"\nall-MiniLM-L6-v2, {len(sentences)} sentences: fastx {rate['fastx']:.1f}/s, "
+        f"transformers {rate['transformers']:.1f}/s, ratio {ratio:.2f}x (target 2x)"
+    )
     benchmark.pedantic(run_fastx, rounds=1, iterations=1)

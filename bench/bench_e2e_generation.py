@@ -23,6 +23,7 @@ CPU option, so that engine runs on the CPU only):
 Rounds alternate between the engines so machine noise hits all of them.
 """
 
+import functools
 import random
 import time
 
@@ -31,12 +32,23 @@ import torch
 import torch.nn.functional as F
 
 QUESTIONS = [
-    "What is the capital of France?", "Name three primary colours.", "Write a haiku about autumn.",
-    "Explain photosynthesis in one sentence.", "What is 12 times 13?", "Give me a synonym for happy.",
-    "Who wrote Romeo and Juliet?", "Translate 'good morning' into Spanish.", "What is the boiling point of water?",
-    "List two uses of copper.", "Describe a cat in five words.", "What does CPU stand for?",
-    "Suggest a name for a goldfish.", "Why is the sky blue?", "What is the largest planet?", "Say hello in French.",
-]  # fmt: skip
+    "What is the capital of France?",
+    "Name three primary colours.",
+    "Write a haiku about autumn.",
+    "Explain photosynthesis in one sentence.",
+    "What is 12 times 13?",
+    "Give me a synonym for happy.",
+    "Who wrote Romeo and Juliet?",
+    "Translate 'good morning' into Spanish.",
+    "What is the boiling point of water?",
+    "List two uses of copper.",
+    "Describe a cat in five words.",
+    "What does CPU stand for?",
+    "Suggest a name for a goldfish.",
+    "Why is the sky blue?",
+    "What is the largest planet?",
+    "Say hello in French.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +115,10 @@ def _gemm_gflops(model, rows=512, rounds=3):
     best = 0.0
     for weight in {tuple(m.weight.shape): m.weight for m in _linears(model)}.values():
         x = torch.randn(rows, weight.shape[1], device=weight.device)
-        seconds = _best_seconds(lambda: F.linear(x, weight), rounds)
+        seconds = _best_seconds(functools.partial(F.linear, x, weight), rounds)
         if ONEDNN_PACKING and weight.device.type == "cpu":
             packed = pack_weight(weight)
-            run = lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")  # noqa: E731
+            run = functools.partial(torch.ops.mkldnn._linear_pointwise, x, packed, None, "none", [], "")
             seconds = min(seconds, _best_seconds(run, rounds))
         best = max(best, 2 * rows * weight.numel() / seconds / 1e9)
     return best
@@ -146,8 +158,14 @@ def _kv_usage_recorder(engine, max_tokens_of):
         running = engine.scheduler.running
         if running:
             used = engine.block_manager.num_blocks - engine.block_manager.num_free_blocks
-            rows.append((_tokens_held(running, engine.config.block_size), used * engine.config.block_size,
-                         sum(s.num_prompt_tokens + max_tokens_of(s) for s in running), len(running)))  # fmt: skip
+            rows.append(
+                (
+                    _tokens_held(running, engine.config.block_size),
+                    used * engine.config.block_size,
+                    sum(s.num_prompt_tokens + max_tokens_of(s) for s in running),
+                    len(running),
+                )
+            )
 
     return rows, record
 
@@ -203,8 +221,14 @@ def test_generation_throughput_and_kv_efficiency(benchmark, pair, packed_llm, al
 
     @torch.inference_mode()
     def run_transformers():
-        out = theirs.generate(batch, attention_mask=mask, max_new_tokens=max_new, do_sample=False, eos_token_id=list(eos),
-                              pad_token_id=pad)  # fmt: skip
+        out = theirs.generate(
+            batch,
+            attention_mask=mask,
+            max_new_tokens=max_new,
+            do_sample=False,
+            eos_token_id=list(eos),
+            pad_token_id=pad,
+        )
         return sum(_useful(row[width:].tolist(), eos) for row in out)
 
     engines = {"fastx": run_fastx, "transformers": run_transformers}
@@ -217,21 +241,34 @@ def test_generation_throughput_and_kv_efficiency(benchmark, pair, packed_llm, al
     efficiency, static = held / reserved, held / contiguous
     gflops, gbps = _gemm_gflops(llm.model, rounds=1 if quick else 3), _matvec_gbps(device, 2 if quick else 5)
     ceiling = _ceiling_useful_tok_s(llm.model, sum(map(len, prompt_ids)), lengths[-1], gflops, gbps)
-    benchmark.extra_info.update({"useful_tok_s_fastx": best["fastx"], "useful_tok_s_transformers": best["transformers"],
-                                 "ratio": ratio, "kv_tokens_per_slot": efficiency, "contiguous_tokens_per_slot": static,
-                                 "gemm_GFLOP_s": gflops, "ceiling_useful_tok_s": ceiling,
-                                 "ceiling_ratio": ceiling / best["transformers"]})  # fmt: skip
+    benchmark.extra_info.update(
+        {
+            "useful_tok_s_fastx": best["fastx"],
+            "useful_tok_s_transformers": best["transformers"],
+            "ratio": ratio,
+            "kv_tokens_per_slot": efficiency,
+            "contiguous_tokens_per_slot": static,
+            "gemm_GFLOP_s": gflops,
+            "ceiling_useful_tok_s": ceiling,
+            "ceiling_ratio": ceiling / best["transformers"],
+        }
+    )
     packed = ""
     if "fastx_packed" in best:
         packed_ratio = best["fastx_packed"] / best["transformers"]
         benchmark.extra_info.update({"useful_tok_s_fastx_packed": best["fastx_packed"], "ratio_packed": packed_ratio})
-        packed = (f"; with pack_weights=True {best['fastx_packed']:.1f}, ratio {packed_ratio:.2f}x "
-                  f"({best['fastx_packed'] / ceiling:.0%} of the ceiling)")  # fmt: skip
-    print(f"\nSmolLM2 {len(questions)} chat prompts on {device.type}: fastx {best['fastx']:.1f} useful tok/s, transformers "
-          f"{best['transformers']:.1f}, ratio {ratio:.2f}x{packed} (target 5x); ceiling of any engine here "
-          f"{ceiling:.1f} useful tok/s = {ceiling / best['transformers']:.2f}x transformers (fp32 GEMMs at "
-          f"{gflops:.0f} GFLOP/s, weights at {gbps:.1f} GB/s), fastx at {best['fastx'] / ceiling:.0%} of it; "
-          f"KV tokens/slot {efficiency:.1%} (contiguous prompt+max_tokens reservation {static:.1%}; target 96%)")
+        packed = (
+            f"; with pack_weights=True {best['fastx_packed']:.1f}, ratio {packed_ratio:.2f}x "
+            f"({best['fastx_packed'] / ceiling:.0%} of the ceiling)"
+        )
+    print(
+        f"\nSmolLM2 {len(questions)} chat prompts on {device.type}: fastx {best['fastx']:.1f} useful tok/s, "
+        "transformers "
+        f"{best['transformers']:.1f}, ratio {ratio:.2f}x{packed} (target 5x); ceiling of any engine here "
+        f"{ceiling:.1f} useful tok/s = {ceiling / best['transformers']:.2f}x transformers (fp32 GEMMs at "
+        f"{gflops:.0f} GFLOP/s, weights at {gbps:.1f} GB/s), fastx at {best['fastx'] / ceiling:.0%} of it; "
+        f"KV tokens/slot {efficiency:.1%} (contiguous prompt+max_tokens reservation {static:.1%}; target 96%)"
+    )
     benchmark.pedantic(run_fastx, rounds=1, iterations=1)
 
 
@@ -263,13 +300,20 @@ def test_kv_memory_on_a_mixed_length_workload(benchmark, pair):
     held, reserved, contiguous, sequences = (sum(column) for column in zip(*rows))
     max_length = sequences * engine.max_model_len
     efficiency = held / reserved
-    benchmark.extra_info.update({"kv_tokens_per_slot": efficiency, "contiguous_tokens_per_slot": held / contiguous,
-                                 "max_length_tokens_per_slot": held / max_length})  # fmt: skip
-    print(f"\nKV memory, {count} requests of mixed length (prompts {min(prompt_lengths)}-{max(prompt_lengths)}, mean "
-          f"{sum(prompt_lengths) / count:.0f}; outputs {min(output_lengths)}-{max(output_lengths)}, mean "
-          f"{sum(output_lengths) / count:.0f} tokens): fastx {efficiency:.1%} tokens/slot (target 96%); contiguous "
-          f"prompt+max_tokens reservation {held / contiguous:.1%}, max-length ({engine.max_model_len}) reservation "
-          f"{held / max_length:.1%}")
+    benchmark.extra_info.update(
+        {
+            "kv_tokens_per_slot": efficiency,
+            "contiguous_tokens_per_slot": held / contiguous,
+            "max_length_tokens_per_slot": held / max_length,
+        }
+    )
+    print(
+        f"\nKV memory, {count} requests of mixed length (prompts {min(prompt_lengths)}-{max(prompt_lengths)}, mean "
+        f"{sum(prompt_lengths) / count:.0f}; outputs {min(output_lengths)}-{max(output_lengths)}, mean "
+        f"{sum(output_lengths) / count:.0f} tokens): fastx {efficiency:.1%} tokens/slot (target 96%); contiguous "
+        f"prompt+max_tokens reservation {held / contiguous:.1%}, max-length ({engine.max_model_len}) reservation "
+        f"{held / max_length:.1%}"
+    )
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
 
 
@@ -279,7 +323,9 @@ def test_batch1_latency_against_the_bandwidth_limit(benchmark, pair, alternate):
     llm, theirs = pair
     quick = benchmark.disabled
     new = 8 if quick else 64
-    ids = llm.get_tokenizer().apply_chat_template([{"role": "user", "content": QUESTIONS[0]}], add_generation_prompt=True)
+    ids = llm.get_tokenizer().apply_chat_template(
+        [{"role": "user", "content": QUESTIONS[0]}], add_generation_prompt=True
+    )
     params = SamplingParams(temperature=0, max_tokens=new, ignore_eos=True)
 
     def run_fastx():
@@ -287,8 +333,13 @@ def test_batch1_latency_against_the_bandwidth_limit(benchmark, pair, alternate):
 
     @torch.inference_mode()
     def run_transformers():
-        theirs.generate(torch.tensor([ids], device=llm.model.device), max_new_tokens=new, do_sample=False,
-                        eos_token_id=None, pad_token_id=0)  # fmt: skip
+        theirs.generate(
+            torch.tensor([ids], device=llm.model.device),
+            max_new_tokens=new,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
 
     runs = alternate({"fastx": run_fastx, "transformers": run_transformers}, 1 if quick else 3)
     tok_s = {name: new / min(t for t, _ in r) for name, r in runs.items()}
@@ -296,13 +347,22 @@ def test_batch1_latency_against_the_bandwidth_limit(benchmark, pair, alternate):
     gbps = _matvec_gbps(llm.model.device, 2 if quick else 5)
     limit = gbps * 1e9 / weight_bytes
     gemms = _gemms_alone_tok_s(llm.model, 2 if quick else 5)
-    benchmark.extra_info.update({"tok_s_fastx": tok_s["fastx"], "tok_s_transformers": tok_s["transformers"],
-                                 "matvec_GB_s": gbps, "limit_tok_s": limit, "fraction_of_limit": tok_s["fastx"] / limit,
-                                 "gemms_alone_tok_s": gemms})  # fmt: skip
-    print(f"\nSmolLM2 batch-1, {new} tokens: fastx {tok_s['fastx']:.1f} tok/s, transformers {tok_s['transformers']:.1f} "
-          f"(ratio {tok_s['fastx'] / tok_s['transformers']:.2f}x); bandwidth limit {limit:.1f} tok/s "
-          f"({weight_bytes / 1e6:.0f} MB/token at {gbps:.1f} GB/s): fastx at {tok_s['fastx'] / limit:.0%}; "
-          f"the model's GEMMs alone reach {gemms:.1f} tok/s ({gemms / limit:.0%} of the limit)")
+    benchmark.extra_info.update(
+        {
+            "tok_s_fastx": tok_s["fastx"],
+            "tok_s_transformers": tok_s["transformers"],
+            "matvec_GB_s": gbps,
+            "limit_tok_s": limit,
+            "fraction_of_limit": tok_s["fastx"] / limit,
+            "gemms_alone_tok_s": gemms,
+        }
+    )
+    print(
+        f"\nSmolLM2 batch-1, {new} tokens: fastx {tok_s['fastx']:.1f} tok/s, transformers {tok_s['transformers']:.1f} "
+        f"(ratio {tok_s['fastx'] / tok_s['transformers']:.2f}x); bandwidth limit {limit:.1f} tok/s "
+        f"({weight_bytes / 1e6:.0f} MB/token at {gbps:.1f} GB/s): fastx at {tok_s['fastx'] / limit:.0%}; "
+        f"the model's GEMMs alone reach {gemms:.1f} tok/s ({gemms / limit:.0%} of the limit)"
+    )
     benchmark.pedantic(run_fastx, rounds=1, iterations=1)
 
 
@@ -315,7 +375,8 @@ def test_parallel_sampling_kv_blocks(benchmark, pair):
     # the samples share its blocks, each owns only the blocks of its own continuation.
     document = " ".join(QUESTIONS) * 4
     ids = llm.get_tokenizer().apply_chat_template(
-        [{"role": "user", "content": f"{document}\nPick one of the questions above and answer it."}], add_generation_prompt=True
+        [{"role": "user", "content": f"{document}\nPick one of the questions above and answer it."}],
+        add_generation_prompt=True,
     )
 
     def peak_blocks(n):
@@ -330,5 +391,8 @@ def test_parallel_sampling_kv_blocks(benchmark, pair):
 
     one, four = peak_blocks(1), peak_blocks(4)
     benchmark.extra_info.update({"blocks_n1": one, "blocks_n4": four, "ratio": four / one})
-    print(f"\nn=4 parallel samples of a {len(ids)}-token prompt: {four} KV blocks vs {one} for n=1 ({four / one:.2f}x, target <= 1.5x)")
+    print(
+        f"\nn=4 parallel samples of a {len(ids)}-token prompt: {four} KV blocks vs {one} for n=1 "
+        f"({four / one:.2f}x, target <= 1.5x)"
+    )
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)

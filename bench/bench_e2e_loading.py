@@ -35,7 +35,8 @@ with torch.inference_mode():  # steady state: every weight has been read once
     ids = torch.ones(1, 8, dtype=torch.long)
     model(ids) if which == "fastx" else model(input_ids=ids)
 used = high_water_kib()
-print(json.dumps({"seconds": seconds, "peak_kib": peak - base, "after_forward_kib": used - base, "weights_bytes": weights}))
+result = {"seconds": seconds, "peak_kib": peak - base, "after_forward_kib": used - base, "weights_bytes": weights}
+print(json.dumps(result))
 """
 
 
@@ -60,13 +61,24 @@ def test_from_pretrained_time_and_peak_memory(benchmark, checkpoint, request):
     steady = {w: min(x["after_forward_kib"] for x in r) for w, r in runs.items()}
     ratio_time = best["fastx"]["seconds"] / best["transformers"]["seconds"]
     ratio_mem = peak["fastx"] / max(peak["transformers"], 1)
-    benchmark.extra_info.update({"seconds_fastx": best["fastx"]["seconds"], "seconds_transformers": best["transformers"]["seconds"],
-                                 "peak_kib_fastx": peak["fastx"], "peak_kib_transformers": peak["transformers"],
-                                 "time_ratio": ratio_time, "memory_ratio": ratio_mem,
-                                 "after_forward_kib_fastx": steady["fastx"], "after_forward_kib_transformers": steady["transformers"]})  # fmt: skip
-    print(f"\n{checkpoint} from_pretrained: fastx {best['fastx']['seconds']:.2f} s / {peak['fastx'] / 1024:.0f} MiB, "
-          f"transformers {best['transformers']['seconds']:.2f} s / {peak['transformers'] / 1024:.0f} MiB; after a forward "
-          f"{steady['fastx'] / 1024:.0f} vs {steady['transformers'] / 1024:.0f} MiB "
-          f"(time {ratio_time:.2f}x, target <= 0.5x; memory {ratio_mem:.2f}x, target <= 1x; "
-          f"weights {best['fastx']['weights_bytes'] / 2**20:.0f} MiB)")
+    benchmark.extra_info.update(
+        {
+            "seconds_fastx": best["fastx"]["seconds"],
+            "seconds_transformers": best["transformers"]["seconds"],
+            "peak_kib_fastx": peak["fastx"],
+            "peak_kib_transformers": peak["transformers"],
+            "time_ratio": ratio_time,
+            "memory_ratio": ratio_mem,
+            "after_forward_kib_fastx": steady["fastx"],
+            "after_forward_kib_transformers": steady["transformers"],
+        }
+    )
+    print(
+        f"\n{checkpoint} from_pretrained: fastx {best['fastx']['seconds']:.2f} s / {peak['fastx'] / 1024:.0f} MiB, "
+        f"transformers {best['transformers']['seconds']:.2f} s / {peak['transformers'] / 1024:.0f} MiB; after "
+        "a forward "
+        f"{steady['fastx'] / 1024:.0f} vs {steady['transformers'] / 1024:.0f} MiB "
+        f"(time {ratio_time:.2f}x, target <= 0.5x; memory {ratio_mem:.2f}x, target <= 1x; "
+        f"weights {best['fastx']['weights_bytes'] / 2**20:.0f} MiB)"
+    )
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)

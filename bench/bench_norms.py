@@ -22,15 +22,23 @@ def _bytes(rows, n, dtype, residual, n_vectors):
     return rows * n * elem * streams + n_vectors * n * elem
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("rows, n", SIZES)
-@pytest.mark.parametrize("residual", [False, True])
-def test_layer_norm(run_impl, bench_device, impl, rows, n, residual):
-    dtype = torch.bfloat16 if bench_device == "cuda" else torch.float32
-    x = torch.randn(rows, n, device=bench_device, dtype=dtype)
+def _inputs(device, rows, n, residual):
+    """x (rows, N), the residual or None, and two (N,) vectors, in the dtype benchmarked on `device`."""
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    x = torch.randn(rows, n, device=device, dtype=dtype)
     r = torch.randn_like(x) if residual else None
-    w = torch.randn(n, device=bench_device, dtype=dtype)
-    b = torch.randn(n, device=bench_device, dtype=dtype)
+    return dtype, x, r, torch.randn(n, device=device, dtype=dtype), torch.randn(n, device=device, dtype=dtype)
+
+
+# Every case: each implementation, each size, with and without the fused residual add.
+CASES = pytest.mark.parametrize(
+    "impl, rows, n, residual", [(i, rows, n, res) for i in IMPLS for rows, n in SIZES for res in (False, True)]
+)
+
+
+@CASES
+def test_layer_norm(run_impl, bench_device, impl, rows, n, residual):
+    dtype, x, r, w, b = _inputs(bench_device, rows, n, residual)
     if impl == "triton":
         fn = lambda: layer_norm(x, w, b, residual=r)  # noqa: E731
     elif residual:
@@ -40,14 +48,9 @@ def test_layer_norm(run_impl, bench_device, impl, rows, n, residual):
     run_impl(impl, fn, bytes_moved=_bytes(rows, n, dtype, residual, 2))
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("rows, n", SIZES)
-@pytest.mark.parametrize("residual", [False, True])
+@CASES
 def test_rms_norm(run_impl, bench_device, impl, rows, n, residual):
-    dtype = torch.bfloat16 if bench_device == "cuda" else torch.float32
-    x = torch.randn(rows, n, device=bench_device, dtype=dtype)
-    r = torch.randn_like(x) if residual else None
-    w = torch.randn(n, device=bench_device, dtype=dtype)
+    dtype, x, r, w, _ = _inputs(bench_device, rows, n, residual)
     if impl == "triton":
         fn = lambda: rms_norm(x, w, 1e-6, residual=r)  # noqa: E731
     elif residual:

@@ -54,8 +54,8 @@ _LAZY = {
     "AutoModelForSequenceClassification": "fastx.models",
     "AutoModelForTokenClassification": "fastx.models",
     "AutoModelForImageClassification": "fastx.models",
-    "AutoTokenizer": "fastx.tokenizer",
-    "AutoImageProcessor": "fastx.image_processor",
+    "AutoTokenizer": "fastx.processing",
+    "AutoImageProcessor": "fastx.processing",
 }
 __all__ = ["__version__", *_LAZY]
 

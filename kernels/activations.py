@@ -109,11 +109,18 @@ def _launch(x, out_cols, activation, approx_tanh=False, bias=None):
     num_warps = cfg.pop("num_warps")
     grid = (triton.cdiv(n_rows, cfg["BLOCK_M"]), triton.cdiv(out_cols, cfg["BLOCK_N"]))
     _activation_fwd_kernel[grid](
-        x2, bias if bias is not None else x2, y,
-        x2.stride(0), n_rows, out_cols,
-        ACTIVATION=activation, APPROX_TANH=approx_tanh, HAS_BIAS=bias is not None,
-        num_warps=num_warps, **cfg,
-    )  # fmt: skip
+        x2,
+        bias if bias is not None else x2,
+        y,
+        x2.stride(0),
+        n_rows,
+        out_cols,
+        ACTIVATION=activation,
+        APPROX_TANH=approx_tanh,
+        HAS_BIAS=bias is not None,
+        num_warps=num_warps,
+        **cfg,
+    )
     return y
 
 
@@ -179,9 +186,12 @@ def aot_configs() -> list[AotConfig]:
                 kernel=_activation_fwd_kernel,
                 arg_types={"X": ptr, "B": ptr, "Y": ptr, "stride_x": "i32", "M": "i32", "N": "i32"},
                 constexprs={
-                    "ACTIVATION": activation, "APPROX_TANH": approx_tanh, "HAS_BIAS": has_bias,
-                    "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"],
-                },  # fmt: skip
+                    "ACTIVATION": activation,
+                    "APPROX_TANH": approx_tanh,
+                    "HAS_BIAS": has_bias,
+                    "BLOCK_M": cfg["BLOCK_M"],
+                    "BLOCK_N": cfg["BLOCK_N"],
+                },
                 num_warps=cfg["num_warps"],
                 note=f"{names[activation]}{' tanh' if approx_tanh else ''}{' bias' if has_bias else ''} "
                 f"{str(dtype).removeprefix('torch.')} N={n_cols}",

@@ -22,6 +22,8 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
+from fastx.kernels import interpreter_enabled
+
 # Per-block shared-memory limits (bytes) of the targets fastx reports on; CUDA C programming
 # guide, "Technical Specifications per Compute Capability" (8.0: 163 KB, 9.0: 227 KB).
 SHARED_MEMORY_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
@@ -183,7 +185,7 @@ def _compile_job(job: tuple[int, int]) -> dict[str, Any]:
 
 def compile_all(targets=TARGETS, jobs: int | None = None) -> list[dict[str, Any]]:
     """Compile every configuration for every target, in parallel processes."""
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if interpreter_enabled():
         raise RuntimeError("the compile report needs TRITON_INTERPRET unset (the interpreter cannot emit GPU code)")
     n = len(all_configs())
     work = [(i, arch) for i in range(n) for arch in targets]

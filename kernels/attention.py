@@ -141,11 +141,20 @@ def _attn_fwd_kernel(
     qk_scale,  # fp32 softmax scale * log2(e)
     bottom_right,  # i32 1: causal diagonal at Lk - Lq (chunked prefill), 0: top-left
     group,  # i32 H // K query heads per kv head
-    stride_qz, stride_qt, stride_qh,  # Q: per sequence (0 when packed), per token, per head
-    stride_kz, stride_kt, stride_kh,  # K: per sequence (0 when packed or paged), per token/slot, per head
-    stride_vz, stride_vt, stride_vh,
-    stride_oz, stride_ot, stride_oh,
-    stride_kb, stride_vb,  # K/V: per cache block; unused unless PAGED
+    stride_qz,
+    stride_qt,
+    stride_qh,  # Q: per sequence (0 when packed), per token, per head
+    stride_kz,
+    stride_kt,
+    stride_kh,  # K: per sequence (0 when packed or paged), per token/slot, per head
+    stride_vz,
+    stride_vt,
+    stride_vh,
+    stride_oz,
+    stride_ot,
+    stride_oh,
+    stride_kb,
+    stride_vb,  # K/V: per cache block; unused unless PAGED
     stride_bt,  # BLOCK_TABLE: per sequence
     stride_lse,  # LSE: per head
     IS_CAUSAL: tl.constexpr,
@@ -197,8 +206,7 @@ def _attn_fwd_kernel(
         # without it the sm_80 build of the fp16 D=64 tile issues scalar loads and spills.
         Q, O, K, V = tl.multiple_of(Q, 16), tl.multiple_of(O, 16), tl.multiple_of(K, 16), tl.multiple_of(V, 16)
         q_rows, o_rows = tl.multiple_of(q_rows, 8), tl.multiple_of(o_rows, 8)
-    q = tl.load(Q + q_rows[:, None] + offs_d[None, :],
-                mask=rows_ok[:, None] & cols_ok[None, :], other=0.0)  # fmt: skip
+    q = tl.load(Q + q_rows[:, None] + offs_d[None, :], mask=rows_ok[:, None] & cols_ok[None, :], other=0.0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -216,21 +224,68 @@ def _attn_fwd_kernel(
         hi = seqlen_k
         full = seqlen_k // BLOCK_N * BLOCK_N
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, K, V, BT_ROW, q_pos, offs_d, 0, full, seqlen_k, qk_scale,
-        stride_kt, stride_vt, stride_kb, stride_vb,
-        False, IS_CAUSAL, PAGED, PAGE_SIZE, HEAD_DIM, BLOCK_N, BLOCK_D, DOT_PRECISION, ALIGNED,
-    )  # fmt: skip
+        acc,
+        l_i,
+        m_i,
+        q,
+        K,
+        V,
+        BT_ROW,
+        q_pos,
+        offs_d,
+        0,
+        full,
+        seqlen_k,
+        qk_scale,
+        stride_kt,
+        stride_vt,
+        stride_kb,
+        stride_vb,
+        False,
+        IS_CAUSAL,
+        PAGED,
+        PAGE_SIZE,
+        HEAD_DIM,
+        BLOCK_N,
+        BLOCK_D,
+        DOT_PRECISION,
+        ALIGNED,
+    )
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, K, V, BT_ROW, q_pos, offs_d, full, hi, seqlen_k, qk_scale,
-        stride_kt, stride_vt, stride_kb, stride_vb,
-        True, IS_CAUSAL, PAGED, PAGE_SIZE, HEAD_DIM, BLOCK_N, BLOCK_D, DOT_PRECISION, ALIGNED,
-    )  # fmt: skip
+        acc,
+        l_i,
+        m_i,
+        q,
+        K,
+        V,
+        BT_ROW,
+        q_pos,
+        offs_d,
+        full,
+        hi,
+        seqlen_k,
+        qk_scale,
+        stride_kt,
+        stride_vt,
+        stride_kb,
+        stride_vb,
+        True,
+        IS_CAUSAL,
+        PAGED,
+        PAGE_SIZE,
+        HEAD_DIM,
+        BLOCK_N,
+        BLOCK_D,
+        DOT_PRECISION,
+        ALIGNED,
+    )
 
     # -- epilogue: a row that saw no key (l = 0) outputs 0, never 0/0 --
     seen = l_i > 0.0
     acc = acc / tl.where(seen, l_i, 1.0)[:, None]
-    tl.store(O + o_rows[:, None] + offs_d[None, :], acc.to(O.dtype.element_ty),
-             mask=rows_ok[:, None] & cols_ok[None, :])  # fmt: skip
+    tl.store(
+        O + o_rows[:, None] + offs_d[None, :], acc.to(O.dtype.element_ty), mask=rows_ok[:, None] & cols_ok[None, :]
+    )
     if STORE_LSE:
         ln2 = 0.6931471805599453  # back from log2 to natural log
         lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0))) * ln2, float("-inf"))
@@ -328,6 +383,103 @@ def varlen_attention(
     long enough for each context) read tensor contents: always done for CPU tensors, on CUDA
     only with FASTX_DEBUG=1 because reading device memory forces a synchronisation.
     """
+    paged = block_table is not None
+    dense_batch = _batch_strides is not None
+    batch = check_varlen_args(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_table, causal_alignment, dense_batch
+    )
+    total_q, n_heads, head_dim = q.shape
+    n_kv_heads = k.shape[-2]
+
+    # Private (fastx.ops SDPA): per-sequence strides of padded (B, L, ...) tensors viewed as
+    # (B * L, ...), and an output view to write into; see the kernel's addressing comment.
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device) if _out is None else _out
+    lse = torch.empty((n_heads, total_q), dtype=torch.float32, device=q.device)
+    if total_q == 0 or batch == 0 or n_heads == 0 or max_seqlen_q <= 0:
+        out.zero_()
+        lse.fill_(float("-inf"))
+        return (out, lse) if return_lse else out
+    # Kernels index with unit stride along D; any other layout is copied once.
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    k = k if k.stride(-1) == 1 else k.contiguous()
+    v = v if v.stride(-1) == 1 else v.contiguous()
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    sz_q, sz_k, sz_v, sz_o = _batch_strides if dense_batch else (0, 0, 0, 0)
+    if paged:
+        stride_kb, stride_kt, stride_kh = k.stride(0), k.stride(1), k.stride(2)
+        stride_vb, stride_vt, stride_vh = v.stride(0), v.stride(1), v.stride(2)
+        page_size, bt, stride_bt = k.shape[1], block_table, block_table.stride(0)
+    else:
+        stride_kb, stride_kt, stride_kh = 0, k.stride(0), k.stride(1)
+        stride_vb, stride_vt, stride_vh = 0, v.stride(0), v.stride(1)
+        page_size, bt, stride_bt = 1, cu_seqlens_k, 0  # any int32 pointer: never read
+    strides = (
+        sz_q,
+        sz_k,
+        sz_v,
+        sz_o,
+        q.stride(0),
+        q.stride(1),
+        stride_kt,
+        stride_kh,
+        stride_vt,
+        stride_vh,
+        out.stride(0),
+        out.stride(1),
+        stride_kb,
+        stride_vb,
+    )
+    aligned = all(t.data_ptr() % 16 == 0 for t in (q, k, v, out)) and all(s % 8 == 0 for s in strides)
+    cfg = attention_launch_config(head_dim, q.dtype)
+    grid = (triton.cdiv(max_seqlen_q, cfg["BLOCK_M"]), batch, n_heads)
+    _attn_fwd_kernel[grid](
+        q,
+        k,
+        v,
+        out,
+        lse,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        bt,
+        scale * LOG2_E,
+        int(causal_alignment == "bottom_right"),
+        n_heads // n_kv_heads,
+        sz_q,
+        q.stride(0),
+        q.stride(1),
+        sz_k,
+        stride_kt,
+        stride_kh,
+        sz_v,
+        stride_vt,
+        stride_vh,
+        sz_o,
+        out.stride(0),
+        out.stride(1),
+        stride_kb,
+        stride_vb,
+        stride_bt,
+        lse.stride(0),
+        IS_CAUSAL=bool(causal),
+        PAGED=paged,
+        PAGE_SIZE=page_size,
+        STORE_LSE=bool(return_lse),
+        HEAD_DIM=head_dim,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        ALIGNED=aligned,
+        **cfg,
+    )
+    return (out, lse) if return_lse else out
+
+
+def check_varlen_args(
+    q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_table, causal_alignment, dense_batch
+) -> int | None:
+    """Every check of varlen_attention's arguments (see its docstring); returns the batch size B.
+
+    `dense_batch`: the private padded-batch layout of fastx.ops SDPA, where cu_seqlens do not end
+    at the token count.
+    """
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_float(name, t)
     check_same_device(q=q, k=k, v=v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, block_table=block_table)
@@ -354,58 +506,20 @@ def varlen_attention(
     if causal_alignment not in _ALIGNMENTS:
         raise ValueError(f"causal_alignment: expected one of {_ALIGNMENTS}, got {causal_alignment!r}")
     batch = cu_seqlens_q.numel() - 1 if isinstance(cu_seqlens_q, torch.Tensor) else None
-    dense_batch = _batch_strides is not None
     _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, None, None if dense_batch else total_q, max_seqlen_q)
     _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, batch, None if (paged or dense_batch) else k.shape[0], max_seqlen_k)
     if paged:
         _check_block_table(block_table, batch, k.shape[0], k.shape[1], cu_seqlens_k)
-
-    # Private (fastx.ops SDPA): per-sequence strides of padded (B, L, ...) tensors viewed as
-    # (B * L, ...), and an output view to write into; see the kernel's addressing comment.
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device) if _out is None else _out
-    lse = torch.empty((n_heads, total_q), dtype=torch.float32, device=q.device)
-    if total_q == 0 or batch == 0 or n_heads == 0 or max_seqlen_q <= 0:
-        out.zero_()
-        lse.fill_(float("-inf"))
-        return (out, lse) if return_lse else out
-    # Kernels index with unit stride along D; any other layout is copied once.
-    q = q if q.stride(-1) == 1 else q.contiguous()
-    k = k if k.stride(-1) == 1 else k.contiguous()
-    v = v if v.stride(-1) == 1 else v.contiguous()
-    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
-    sz_q, sz_k, sz_v, sz_o = _batch_strides if dense_batch else (0, 0, 0, 0)
-    if paged:
-        stride_kb, stride_kt, stride_kh = k.stride(0), k.stride(1), k.stride(2)
-        stride_vb, stride_vt, stride_vh = v.stride(0), v.stride(1), v.stride(2)
-        page_size, bt, stride_bt = k.shape[1], block_table, block_table.stride(0)
-    else:
-        stride_kb, stride_kt, stride_kh = 0, k.stride(0), k.stride(1)
-        stride_vb, stride_vt, stride_vh = 0, v.stride(0), v.stride(1)
-        page_size, bt, stride_bt = 1, cu_seqlens_k, 0  # any int32 pointer: never read
-    strides = (sz_q, sz_k, sz_v, sz_o, q.stride(0), q.stride(1), stride_kt, stride_kh, stride_vt, stride_vh,
-               out.stride(0), out.stride(1), stride_kb, stride_vb)  # fmt: skip
-    aligned = all(t.data_ptr() % 16 == 0 for t in (q, k, v, out)) and all(s % 8 == 0 for s in strides)
-    cfg = attention_launch_config(head_dim, q.dtype)
-    grid = (triton.cdiv(max_seqlen_q, cfg["BLOCK_M"]), batch, n_heads)
-    _attn_fwd_kernel[grid](
-        q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, bt,
-        scale * LOG2_E, int(causal_alignment == "bottom_right"), n_heads // n_kv_heads,
-        sz_q, q.stride(0), q.stride(1),
-        sz_k, stride_kt, stride_kh,
-        sz_v, stride_vt, stride_vh,
-        sz_o, out.stride(0), out.stride(1),
-        stride_kb, stride_vb, stride_bt, lse.stride(0),
-        IS_CAUSAL=bool(causal), PAGED=paged, PAGE_SIZE=page_size, STORE_LSE=bool(return_lse),
-        HEAD_DIM=head_dim, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", ALIGNED=aligned, **cfg,
-    )  # fmt: skip
-    return (out, lse) if return_lse else out
+    return batch
 
 
 def _check_block_table(block_table, batch, num_blocks, page_size, cu_seqlens_k) -> None:
     wrong_batch = batch is not None and block_table.dim() == 2 and block_table.shape[0] != batch
     if block_table.dtype != torch.int32 or block_table.dim() != 2 or wrong_batch:
-        raise ValueError(f"block_table: expected an int32 tensor of shape ({batch}, max_blocks), "
-                         f"got {block_table.dtype} of shape {tuple(block_table.shape)}")  # fmt: skip
+        raise ValueError(
+            f"block_table: expected an int32 tensor of shape ({batch}, max_blocks), "
+            f"got {block_table.dtype} of shape {tuple(block_table.shape)}"
+        )
     if page_size < 1:
         raise ValueError(f"k: expected a block size >= 1 (dim 1 of the paged cache), got {page_size}")
     if not _debug_values(block_table):
@@ -413,8 +527,10 @@ def _check_block_table(block_table, batch, num_blocks, page_size, cu_seqlens_k) 
     lengths = (cu_seqlens_k[1:] - cu_seqlens_k[:-1]).cpu().to(torch.int64)
     capacity = block_table.shape[1] * page_size
     if lengths.numel() and int(lengths.max()) > capacity:
-        raise ValueError(f"block_table: expected room for the longest context {int(lengths.max())}, "
-                         f"got {block_table.shape[1]} blocks of {page_size} = {capacity} keys")  # fmt: skip
+        raise ValueError(
+            f"block_table: expected room for the longest context {int(lengths.max())}, "
+            f"got {block_table.shape[1]} blocks of {page_size} = {capacity} keys"
+        )
     table = block_table.cpu()
     for b, n in enumerate(lengths.tolist()):
         used = table[b, : triton.cdiv(n, page_size)]
@@ -433,29 +549,66 @@ def aot_configs() -> list[AotConfig]:
         for causal in (False, True)
         for paged in (False, True)
     ]
-    cases += [(torch.bfloat16, 80, True, False, True), (torch.bfloat16, 256, True, False, False),
-              (torch.float32, 64, True, True, True), (torch.float32, 128, False, False, False),
-              (torch.float32, 256, True, False, False)]  # fmt: skip
+    cases += [
+        (torch.bfloat16, 80, True, False, True),
+        (torch.bfloat16, 256, True, False, False),
+        (torch.float32, 64, True, True, True),
+        (torch.float32, 128, False, False, False),
+        (torch.float32, 256, True, False, False),
+    ]
     configs = []
     for dtype, head_dim, causal, paged, store_lse in cases:
         cfg = attention_launch_config(head_dim, dtype)
         ptr = TRITON_POINTER_TYPES[dtype]
-        ints = ["bottom_right", "group", "stride_qz", "stride_qt", "stride_qh", "stride_kz", "stride_kt", "stride_kh",
-                "stride_vz", "stride_vt", "stride_vh", "stride_oz", "stride_ot", "stride_oh", "stride_kb", "stride_vb",
-                "stride_bt", "stride_lse"]  # fmt: skip
-        arg_types = {"Q": ptr, "K": ptr, "V": ptr, "O": ptr, "LSE": "*fp32", "CU_Q": "*i32", "CU_K": "*i32",
-                     "BLOCK_TABLE": "*i32", "qk_scale": "fp32", **{name: "i32" for name in ints}}  # fmt: skip
+        ints = [
+            "bottom_right",
+            "group",
+            "stride_qz",
+            "stride_qt",
+            "stride_qh",
+            "stride_kz",
+            "stride_kt",
+            "stride_kh",
+            "stride_vz",
+            "stride_vt",
+            "stride_vh",
+            "stride_oz",
+            "stride_ot",
+            "stride_oh",
+            "stride_kb",
+            "stride_vb",
+            "stride_bt",
+            "stride_lse",
+        ]
+        arg_types = {
+            "Q": ptr,
+            "K": ptr,
+            "V": ptr,
+            "O": ptr,
+            "LSE": "*fp32",
+            "CU_Q": "*i32",
+            "CU_K": "*i32",
+            "BLOCK_TABLE": "*i32",
+            "qk_scale": "fp32",
+            **{name: "i32" for name in ints},
+        }
         page_size = 16 if paged else 1
         configs.append(
             AotConfig(
                 kernel=_attn_fwd_kernel,
                 arg_types=arg_types,
                 constexprs={
-                    "IS_CAUSAL": causal, "PAGED": paged, "PAGE_SIZE": page_size, "STORE_LSE": store_lse,
-                    "HEAD_DIM": head_dim, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"],
-                    "BLOCK_D": cfg["BLOCK_D"], "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32",
+                    "IS_CAUSAL": causal,
+                    "PAGED": paged,
+                    "PAGE_SIZE": page_size,
+                    "STORE_LSE": store_lse,
+                    "HEAD_DIM": head_dim,
+                    "BLOCK_M": cfg["BLOCK_M"],
+                    "BLOCK_N": cfg["BLOCK_N"],
+                    "BLOCK_D": cfg["BLOCK_D"],
+                    "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32",
                     "ALIGNED": True,
-                },  # fmt: skip
+                },
                 num_warps=cfg["num_warps"],
                 num_stages=cfg["num_stages"],
                 note=f"{str(dtype).removeprefix('torch.')} D={head_dim}{' causal' if causal else ''}"

@@ -153,13 +153,26 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     cfg = depthwise_launch_config(channels)
     grid = (triton.cdiv(n_pix, cfg["BLOCK_P"]), triton.cdiv(channels, cfg["BLOCK_C"]))
     _depthwise_conv2d_fwd_kernel[grid](
-        x, weight, bias if bias is not None else weight, y,
-        n_pix, channels, height, width,
-        x.stride(0), x.stride(2), x.stride(3),
-        weight.stride(0), weight.stride(2), weight.stride(3),
-        K=k, HAS_BIAS=bias is not None,
-        BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_C"], num_warps=cfg["num_warps"],
-    )  # fmt: skip
+        x,
+        weight,
+        bias if bias is not None else weight,
+        y,
+        n_pix,
+        channels,
+        height,
+        width,
+        x.stride(0),
+        x.stride(2),
+        x.stride(3),
+        weight.stride(0),
+        weight.stride(2),
+        weight.stride(3),
+        K=k,
+        HAS_BIAS=bias is not None,
+        BLOCK_P=cfg["BLOCK_P"],
+        BLOCK_C=cfg["BLOCK_C"],
+        num_warps=cfg["num_warps"],
+    )
     return y
 
 
@@ -179,10 +192,22 @@ def aot_configs() -> list[AotConfig]:
         configs.append(
             AotConfig(
                 kernel=_depthwise_conv2d_fwd_kernel,
-                arg_types={"X": ptr, "Wt": ptr, "B": ptr, "Y": ptr,
-                           "P": "i64", "C": "i32", "H": "i32", "W": "i32",
-                           "stride_xn": "i64", "stride_xh": "i32", "stride_xw": "i32",
-                           "stride_wc": "i32", "stride_wh": "i32", "stride_ww": "i32"},  # fmt: skip
+                arg_types={
+                    "X": ptr,
+                    "Wt": ptr,
+                    "B": ptr,
+                    "Y": ptr,
+                    "P": "i64",
+                    "C": "i32",
+                    "H": "i32",
+                    "W": "i32",
+                    "stride_xn": "i64",
+                    "stride_xh": "i32",
+                    "stride_xw": "i32",
+                    "stride_wc": "i32",
+                    "stride_wh": "i32",
+                    "stride_ww": "i32",
+                },
                 constexprs={"K": k, "HAS_BIAS": has_bias, "BLOCK_P": cfg["BLOCK_P"], "BLOCK_C": cfg["BLOCK_C"]},
                 num_warps=cfg["num_warps"],
                 note=f"depthwise {k}x{k} {str(dtype).removeprefix('torch.')} C={channels}",

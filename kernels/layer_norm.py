@@ -172,13 +172,23 @@ def _norm(x, weight, bias, eps, residual, is_rms_norm):
     cfg = norm_launch_config(n_cols)
     num_warps = cfg.pop("num_warps")
     _norm_fwd_kernel[(x2.shape[0],)](
-        x2, res2, weight if weight is not None else x2, bias if bias is not None else x2,
-        y, residual_out if residual_out is not None else y,
-        x2.stride(0), res2.stride(0), n_cols, float(eps),
-        IS_RMS_NORM=is_rms_norm, HAS_RESIDUAL=residual is not None,
-        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-        num_warps=num_warps, **cfg,
-    )  # fmt: skip
+        x2,
+        res2,
+        weight if weight is not None else x2,
+        bias if bias is not None else x2,
+        y,
+        residual_out if residual_out is not None else y,
+        x2.stride(0),
+        res2.stride(0),
+        n_cols,
+        float(eps),
+        IS_RMS_NORM=is_rms_norm,
+        HAS_RESIDUAL=residual is not None,
+        HAS_WEIGHT=weight is not None,
+        HAS_BIAS=bias is not None,
+        num_warps=num_warps,
+        **cfg,
+    )
     return y if residual is None else (y, residual_out)
 
 
@@ -218,12 +228,26 @@ def norm_aot_configs(is_rms_norm: bool) -> list[AotConfig]:
         configs.append(
             AotConfig(
                 kernel=_norm_fwd_kernel,
-                arg_types={"X": ptr, "RESIDUAL": ptr, "W": ptr, "B": ptr, "Y": ptr, "RESIDUAL_OUT": ptr,
-                           "stride_x": "i32", "stride_res": "i32", "N": "i32", "eps": "fp32"},  # fmt: skip
+                arg_types={
+                    "X": ptr,
+                    "RESIDUAL": ptr,
+                    "W": ptr,
+                    "B": ptr,
+                    "Y": ptr,
+                    "RESIDUAL_OUT": ptr,
+                    "stride_x": "i32",
+                    "stride_res": "i32",
+                    "N": "i32",
+                    "eps": "fp32",
+                },
                 constexprs={
-                    "IS_RMS_NORM": is_rms_norm, "HAS_RESIDUAL": has_residual, "HAS_WEIGHT": True,
-                    "HAS_BIAS": not is_rms_norm, "ONE_PASS": cfg["ONE_PASS"], "BLOCK_N": cfg["BLOCK_N"],
-                },  # fmt: skip
+                    "IS_RMS_NORM": is_rms_norm,
+                    "HAS_RESIDUAL": has_residual,
+                    "HAS_WEIGHT": True,
+                    "HAS_BIAS": not is_rms_norm,
+                    "ONE_PASS": cfg["ONE_PASS"],
+                    "BLOCK_N": cfg["BLOCK_N"],
+                },
                 num_warps=cfg["num_warps"],
                 note=f"{'rms' if is_rms_norm else 'layer'} norm {str(dtype).removeprefix('torch.')} N={n_cols}",
             )

@@ -72,7 +72,12 @@ def _write_kv_cache_kernel(
     live = (heads < num_kv_heads) & (heads * 0 + slot >= 0)  # (BLOCK_H,); a negative slot is padding
     mask = live[:, None] & (offs_d < head_dim)[None, :]
     # int64: block * stride_cb passes 2^31 for caches over 2 G elements.
-    dst = (slot // block_size) * stride_cb + (slot % block_size) * stride_cs + heads[:, None] * stride_ch + offs_d[None, :]
+    dst = (
+        (slot // block_size) * stride_cb
+        + (slot % block_size) * stride_cs
+        + heads[:, None] * stride_ch
+        + offs_d[None, :]
+    )
     k = tl.load(KEY + token * stride_kt + heads[:, None] * stride_kh + offs_d[None, :], mask=mask)
     tl.store(K_CACHE + dst, k, mask=mask)
     v = tl.load(VALUE + token * stride_vt + heads[:, None] * stride_vh + offs_d[None, :], mask=mask)
@@ -272,16 +277,24 @@ def _check_cache(k_cache: torch.Tensor, v_cache: torch.Tensor, dtype: torch.dtyp
     for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
         check_float(name, c)
         if c.dim() != 4:
-            raise ValueError(f"{name}: expected 4 dimensions (num_blocks, block_size, kv_heads, head_dim), got shape {tuple(c.shape)}")
+            raise ValueError(
+                f"{name}: expected 4 dimensions (num_blocks, block_size, kv_heads, head_dim), got shape "
+                f"{tuple(c.shape)}"
+            )
         if c.dtype != dtype:
             raise ValueError(f"{name}: expected dtype {dtype}, got {c.dtype}")
         if c.stride(-1) != 1:
-            raise ValueError(f"{name}: expected unit stride along head_dim (written/read in place), got strides {c.stride()}")
+            raise ValueError(
+                f"{name}: expected unit stride along head_dim (written/read in place), got strides {c.stride()}"
+            )
     if (kv_heads is not None and k_cache.shape[2] != kv_heads) or k_cache.shape[3] != head_dim:
         want = f"(num_blocks, block_size, {kv_heads if kv_heads is not None else 'K'}, {head_dim})"
         raise ValueError(f"k_cache: expected shape {want}, got {tuple(k_cache.shape)}")
     if v_cache.shape != k_cache.shape or v_cache.stride() != k_cache.stride():
-        raise ValueError(f"v_cache: expected shape {tuple(k_cache.shape)} and strides {k_cache.stride()} (k_cache's), got {tuple(v_cache.shape)} and {v_cache.stride()}")
+        raise ValueError(
+            f"v_cache: expected shape {tuple(k_cache.shape)} and strides {k_cache.stride()} (k_cache's), got "
+            f"{tuple(v_cache.shape)} and {v_cache.stride()}"
+        )
 
 
 def check_write_args(key, value, k_cache, v_cache, slot_mapping) -> None:
@@ -294,11 +307,16 @@ def check_write_args(key, value, k_cache, v_cache, slot_mapping) -> None:
         raise ValueError(f"value: expected shape {tuple(key.shape)} and dtype {key.dtype} (key's), got {got}")
     _check_cache(k_cache, v_cache, key.dtype, key.shape[1], key.shape[2])
     if slot_mapping.dtype not in (torch.int32, torch.int64) or slot_mapping.shape != (key.shape[0],):
-        raise ValueError(f"slot_mapping: expected shape ({key.shape[0]},) of int32/int64, got {tuple(slot_mapping.shape)} {slot_mapping.dtype}")
+        raise ValueError(
+            f"slot_mapping: expected shape ({key.shape[0]},) of int32/int64, got {tuple(slot_mapping.shape)} "
+            f"{slot_mapping.dtype}"
+        )
     check_same_device(key=key, value=value, k_cache=k_cache, v_cache=v_cache, slot_mapping=slot_mapping)
     num_slots = k_cache.shape[0] * k_cache.shape[1]
     if _debug_checks(slot_mapping) and slot_mapping.numel() and int(slot_mapping.max()) >= num_slots:
-        raise ValueError(f"slot_mapping: expected slots < num_blocks * block_size = {num_slots}, got {int(slot_mapping.max())}")
+        raise ValueError(
+            f"slot_mapping: expected slots < num_blocks * block_size = {num_slots}, got {int(slot_mapping.max())}"
+        )
 
 
 def check_decode_args(q, k_cache, v_cache, block_tables, context_lens, max_context_len, partition_size) -> None:
@@ -312,9 +330,14 @@ def check_decode_args(q, k_cache, v_cache, block_tables, context_lens, max_conte
     if kv_heads == 0 or n_heads % kv_heads:
         raise ValueError(f"q: expected a head count divisible by the cache's {kv_heads} kv heads, got {n_heads}")
     if block_tables.dtype != torch.int32 or block_tables.dim() != 2 or block_tables.shape[0] != n_seqs:
-        raise ValueError(f"block_tables: expected shape ({n_seqs}, max_blocks) of int32, got {tuple(block_tables.shape)} {block_tables.dtype}")
+        raise ValueError(
+            f"block_tables: expected shape ({n_seqs}, max_blocks) of int32, got {tuple(block_tables.shape)} "
+            f"{block_tables.dtype}"
+        )
     if context_lens.dtype != torch.int32 or context_lens.shape != (n_seqs,):
-        raise ValueError(f"context_lens: expected shape ({n_seqs},) of int32, got {tuple(context_lens.shape)} {context_lens.dtype}")
+        raise ValueError(
+            f"context_lens: expected shape ({n_seqs},) of int32, got {tuple(context_lens.shape)} {context_lens.dtype}"
+        )
     check_same_device(q=q, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables, context_lens=context_lens)
     if partition_size is not None and (partition_size < 16 or partition_size & (partition_size - 1)):
         raise ValueError(f"partition_size: expected a power of two >= 16, got {partition_size}")
@@ -323,13 +346,18 @@ def check_decode_args(q, k_cache, v_cache, block_tables, context_lens, max_conte
     capacity = block_tables.shape[1] * block_size
     longest = int(context_lens.max())
     if int(context_lens.min()) < 0 or longest > capacity:
-        raise ValueError(f"context_lens: expected values in [0, max_blocks * block_size = {capacity}], got [{int(context_lens.min())}, {longest}]")
+        raise ValueError(
+            f"context_lens: expected values in [0, max_blocks * block_size = {capacity}], got "
+            f"[{int(context_lens.min())}, {longest}]"
+        )
     if max_context_len is not None and max_context_len < longest:
         raise ValueError(f"max_context_len: expected >= the longest context {longest}, got {max_context_len}")
     used = torch.arange(block_tables.shape[1], device=block_tables.device)[None, :] * block_size < context_lens[:, None]
     entries = block_tables[used]
     if entries.numel() and (int(entries.min()) < 0 or int(entries.max()) >= n_blocks):
-        raise ValueError(f"block_tables: expected used entries in [0, {n_blocks}), got [{int(entries.min())}, {int(entries.max())}]")
+        raise ValueError(
+            f"block_tables: expected used entries in [0, {n_blocks}), got [{int(entries.min())}, {int(entries.max())}]"
+        )
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -352,12 +380,25 @@ def write_kv_cache(key, value, k_cache, v_cache, slot_mapping) -> None:
     cfg = write_launch_config(kv_heads, head_dim)
     grid = (n_tokens, triton.cdiv(kv_heads, cfg["BLOCK_H"]))
     _write_kv_cache_kernel[grid](
-        key, value, k_cache, v_cache, slot_mapping,
-        key.stride(0), key.stride(1), value.stride(0), value.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        kv_heads, head_dim, k_cache.shape[1],
-        BLOCK_H=cfg["BLOCK_H"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"],
-    )  # fmt: skip
+        key,
+        value,
+        k_cache,
+        v_cache,
+        slot_mapping,
+        key.stride(0),
+        key.stride(1),
+        value.stride(0),
+        value.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        kv_heads,
+        head_dim,
+        k_cache.shape[1],
+        BLOCK_H=cfg["BLOCK_H"],
+        BLOCK_D=cfg["BLOCK_D"],
+        num_warps=cfg["num_warps"],
+    )
 
 
 def paged_decode_attention(
@@ -400,18 +441,47 @@ def paged_decode_attention(
         l_part = torch.empty_like(m_part)
         acc_part = torch.empty((n_seqs, n_heads, num_partitions, head_dim), dtype=torch.float32, device=q.device)
     _paged_decode_partition_kernel[(n_seqs, kv_heads, num_partitions)](
-        q, k_cache, v_cache, block_tables, context_lens, out, m_part, l_part, acc_part,
-        scale * LOG2E, q.stride(0), q.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
-        n_heads, group, num_partitions,
-        HEAD_DIM=head_dim, BLOCK_SIZE=block_size, ONE_PARTITION=one_partition, ALIGNED=_aligned_16b(k_cache, v_cache),
-        num_warps=num_warps, num_stages=num_stages, **cfg,
-    )  # fmt: skip
+        q,
+        k_cache,
+        v_cache,
+        block_tables,
+        context_lens,
+        out,
+        m_part,
+        l_part,
+        acc_part,
+        scale * LOG2E,
+        q.stride(0),
+        q.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        block_tables.stride(0),
+        n_heads,
+        group,
+        num_partitions,
+        HEAD_DIM=head_dim,
+        BLOCK_SIZE=block_size,
+        ONE_PARTITION=one_partition,
+        ALIGNED=_aligned_16b(k_cache, v_cache),
+        num_warps=num_warps,
+        num_stages=num_stages,
+        **cfg,
+    )
     if not one_partition:
         _paged_decode_reduce_kernel[(n_seqs, n_heads)](
-            out, context_lens, m_part, l_part, acc_part, n_heads, head_dim, num_partitions,
-            PARTITION_SIZE=cfg["PARTITION_SIZE"], BLOCK_P=REDUCE_BLOCK_P, BLOCK_D=cfg["BLOCK_D"],
-        )  # fmt: skip
+            out,
+            context_lens,
+            m_part,
+            l_part,
+            acc_part,
+            n_heads,
+            head_dim,
+            num_partitions,
+            PARTITION_SIZE=cfg["PARTITION_SIZE"],
+            BLOCK_P=REDUCE_BLOCK_P,
+            BLOCK_D=cfg["BLOCK_D"],
+        )
     return out
 
 
@@ -424,47 +494,117 @@ def aot_configs() -> list[AotConfig]:
     for dtype, kv_heads, head_dim in [(torch.bfloat16, 8, 128), (torch.float32, 4, 64)]:
         cfg = write_launch_config(kv_heads, head_dim)
         ptr = TRITON_POINTER_TYPES[dtype]
-        configs.append(AotConfig(
-            kernel=_write_kv_cache_kernel,
-            arg_types={"KEY": ptr, "VALUE": ptr, "K_CACHE": ptr, "V_CACHE": ptr, "SLOT_MAPPING": "*i64",
-                       **{a: "i32" for a in ("stride_kt", "stride_kh", "stride_vt", "stride_vh", "stride_cb",
-                                             "stride_cs", "stride_ch", "num_kv_heads", "head_dim", "block_size")}},
-            constexprs={"BLOCK_H": cfg["BLOCK_H"], "BLOCK_D": cfg["BLOCK_D"]},
-            num_warps=cfg["num_warps"], note=f"write {str(dtype).removeprefix('torch.')} K={kv_heads} D={head_dim}",
-        ))  # fmt: skip
+        configs.append(
+            AotConfig(
+                kernel=_write_kv_cache_kernel,
+                arg_types={
+                    "KEY": ptr,
+                    "VALUE": ptr,
+                    "K_CACHE": ptr,
+                    "V_CACHE": ptr,
+                    "SLOT_MAPPING": "*i64",
+                    **{
+                        a: "i32"
+                        for a in (
+                            "stride_kt",
+                            "stride_kh",
+                            "stride_vt",
+                            "stride_vh",
+                            "stride_cb",
+                            "stride_cs",
+                            "stride_ch",
+                            "num_kv_heads",
+                            "head_dim",
+                            "block_size",
+                        )
+                    },
+                },
+                constexprs={"BLOCK_H": cfg["BLOCK_H"], "BLOCK_D": cfg["BLOCK_D"]},
+                num_warps=cfg["num_warps"],
+                note=f"write {str(dtype).removeprefix('torch.')} K={kv_heads} D={head_dim}",
+            )
+        )
     # (dtype, D, B, G, one_partition)
     cases = [
-        (torch.bfloat16, 128, 16, 4, False), (torch.bfloat16, 128, 16, 4, True),
-        (torch.float16, 128, 16, 1, False), (torch.bfloat16, 64, 8, 4, False),
-        (torch.float16, 64, 32, 1, True), (torch.float32, 128, 16, 4, False),
-        (torch.float32, 64, 16, 1, True), (torch.bfloat16, 256, 16, 8, False),
-    ]  # fmt: skip
-    ints = ("stride_qs", "stride_qh", "stride_cb", "stride_cs", "stride_ch", "stride_bt",
-            "num_heads", "query_group", "num_partitions")  # fmt: skip
+        (torch.bfloat16, 128, 16, 4, False),
+        (torch.bfloat16, 128, 16, 4, True),
+        (torch.float16, 128, 16, 1, False),
+        (torch.bfloat16, 64, 8, 4, False),
+        (torch.float16, 64, 32, 1, True),
+        (torch.float32, 128, 16, 4, False),
+        (torch.float32, 64, 16, 1, True),
+        (torch.bfloat16, 256, 16, 8, False),
+    ]
+    ints = (
+        "stride_qs",
+        "stride_qh",
+        "stride_cb",
+        "stride_cs",
+        "stride_ch",
+        "stride_bt",
+        "num_heads",
+        "query_group",
+        "num_partitions",
+    )
     reduce_done = set()
     for dtype, head_dim, block_size, group, one_partition in cases:
         cfg = decode_launch_config(head_dim, block_size, dtype, group)
         ptr = TRITON_POINTER_TYPES[dtype]
         name = str(dtype).removeprefix("torch.")
-        configs.append(AotConfig(
-            kernel=_paged_decode_partition_kernel,
-            arg_types={"Q": ptr, "K_CACHE": ptr, "V_CACHE": ptr, "BLOCK_TABLES": "*i32", "CONTEXT_LENS": "*i32",
-                       "OUT": ptr, "M_PART": "*fp32", "L_PART": "*fp32", "ACC_PART": "*fp32", "qk_scale": "fp32",
-                       **{a: "i32" for a in ints}},
-            constexprs={"HEAD_DIM": head_dim, "BLOCK_SIZE": block_size, "BLOCK_G": cfg["BLOCK_G"], "BLOCK_D": cfg["BLOCK_D"],
-                        "TILE_N": cfg["TILE_N"], "PARTITION_SIZE": cfg["PARTITION_SIZE"],
-                        "ONE_PARTITION": one_partition, "DOT_PRECISION": cfg["DOT_PRECISION"],
-                        "ALIGNED": True},
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-            note=f"decode {name} D={head_dim} B={block_size} G={group}",
-        ))  # fmt: skip
+        configs.append(
+            AotConfig(
+                kernel=_paged_decode_partition_kernel,
+                arg_types={
+                    "Q": ptr,
+                    "K_CACHE": ptr,
+                    "V_CACHE": ptr,
+                    "BLOCK_TABLES": "*i32",
+                    "CONTEXT_LENS": "*i32",
+                    "OUT": ptr,
+                    "M_PART": "*fp32",
+                    "L_PART": "*fp32",
+                    "ACC_PART": "*fp32",
+                    "qk_scale": "fp32",
+                    **{a: "i32" for a in ints},
+                },
+                constexprs={
+                    "HEAD_DIM": head_dim,
+                    "BLOCK_SIZE": block_size,
+                    "BLOCK_G": cfg["BLOCK_G"],
+                    "BLOCK_D": cfg["BLOCK_D"],
+                    "TILE_N": cfg["TILE_N"],
+                    "PARTITION_SIZE": cfg["PARTITION_SIZE"],
+                    "ONE_PARTITION": one_partition,
+                    "DOT_PRECISION": cfg["DOT_PRECISION"],
+                    "ALIGNED": True,
+                },
+                num_warps=cfg["num_warps"],
+                num_stages=cfg["num_stages"],
+                note=f"decode {name} D={head_dim} B={block_size} G={group}",
+            )
+        )
         if not one_partition and (dtype, cfg["BLOCK_D"]) not in reduce_done:
             reduce_done.add((dtype, cfg["BLOCK_D"]))
-            configs.append(AotConfig(
-                kernel=_paged_decode_reduce_kernel,
-                arg_types={"OUT": ptr, "CONTEXT_LENS": "*i32", "M_PART": "*fp32", "L_PART": "*fp32",
-                           "ACC_PART": "*fp32", "num_heads": "i32", "head_dim": "i32", "num_partitions": "i32"},
-                constexprs={"PARTITION_SIZE": cfg["PARTITION_SIZE"], "BLOCK_P": REDUCE_BLOCK_P, "BLOCK_D": cfg["BLOCK_D"]},
-                num_warps=4, note=f"reduce {name} D={head_dim}",
-            ))  # fmt: skip
+            configs.append(
+                AotConfig(
+                    kernel=_paged_decode_reduce_kernel,
+                    arg_types={
+                        "OUT": ptr,
+                        "CONTEXT_LENS": "*i32",
+                        "M_PART": "*fp32",
+                        "L_PART": "*fp32",
+                        "ACC_PART": "*fp32",
+                        "num_heads": "i32",
+                        "head_dim": "i32",
+                        "num_partitions": "i32",
+                    },
+                    constexprs={
+                        "PARTITION_SIZE": cfg["PARTITION_SIZE"],
+                        "BLOCK_P": REDUCE_BLOCK_P,
+                        "BLOCK_D": cfg["BLOCK_D"],
+                    },
+                    num_warps=4,
+                    note=f"reduce {name} D={head_dim}",
+                )
+            )
     return configs

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
+from typing import Any
+
+from fastx.kernels import interpreter_enabled
 
 
 def parse_targets(text: str) -> tuple[int, ...]:
@@ -23,13 +25,37 @@ def parse_targets(text: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(targets))
 
 
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The report as aligned text columns, one row per compilation, and a closing count of failures."""
+    header = ("kernel", "target", "regs", "spill B", "shared B", "ok", "config")
+    table = [header]
+    for r in rows:
+        problems = r["problems"] + ([r["error"]] if r["error"] else [])
+        verdict = "yes" if r["ok"] else "NO: " + "; ".join(problems)
+        table.append(
+            (
+                r["kernel"],
+                r["target"],
+                str(r["registers"]),
+                str(r["spill_bytes"]),
+                str(r["shared_bytes"]),
+                verdict,
+                r["config"],
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in table]
+    failed = sum(not r["ok"] for r in rows)
+    return "\n".join(lines) + f"\n\n{len(rows)} compilations, {failed} failing"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastx.kernels.report", description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     parser.add_argument("--target", type=parse_targets, default=(80, 90), help="sm_80,sm_90 (default both)")
     parser.add_argument("--jobs", type=int, default=None, help="parallel compile processes (default: CPU count)")
     args = parser.parse_args(argv)
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if interpreter_enabled():
         parser.error("unset TRITON_INTERPRET: the interpreter cannot compile for a GPU")
 
     from fastx.kernels.aot import compile_all
@@ -39,24 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(rows, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
-        header = ("kernel", "target", "regs", "spill B", "shared B", "ok", "config")
-        table = [header] + [
-            (
-                r["kernel"],
-                r["target"],
-                str(r["registers"]),
-                str(r["spill_bytes"]),
-                str(r["shared_bytes"]),
-                "yes" if r["ok"] else "NO: " + "; ".join(r["problems"] + ([r["error"]] if r["error"] else [])),
-                r["config"],
-            )
-            for r in rows
-        ]
-        widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
-        for row in table:
-            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
-        failed = sum(not r["ok"] for r in rows)
-        print(f"\n{len(rows)} compilations, {failed} failing")
+        print(format_table(rows))
     return 0 if all(r["ok"] for r in rows) else 1
 
 

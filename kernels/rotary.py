@@ -116,11 +116,41 @@ def _rotary_fwd_kernel(
     sin = tl.load(SIN + pos * stride_sin + i, mask=i < HALF, other=0.0).to(tl.float32)
 
     if head_block < n_q_blocks:
-        _rotate_heads(Q, Q_OUT, cos, sin, token, head_block, stride_qt, stride_qh, H, D, HALF,
-                      BLOCK_HEADS, HALF_BLOCK, HAS_PASS, PASS_BLOCK)  # fmt: skip
+        _rotate_heads(
+            Q,
+            Q_OUT,
+            cos,
+            sin,
+            token,
+            head_block,
+            stride_qt,
+            stride_qh,
+            H,
+            D,
+            HALF,
+            BLOCK_HEADS,
+            HALF_BLOCK,
+            HAS_PASS,
+            PASS_BLOCK,
+        )
     elif HAS_K:
-        _rotate_heads(K, K_OUT, cos, sin, token, head_block - n_q_blocks, stride_kt, stride_kh, NK, D, HALF,
-                      BLOCK_HEADS, HALF_BLOCK, HAS_PASS, PASS_BLOCK)  # fmt: skip
+        _rotate_heads(
+            K,
+            K_OUT,
+            cos,
+            sin,
+            token,
+            head_block - n_q_blocks,
+            stride_kt,
+            stride_kh,
+            NK,
+            D,
+            HALF,
+            BLOCK_HEADS,
+            HALF_BLOCK,
+            HAS_PASS,
+            PASS_BLOCK,
+        )
 
 
 def rotary_launch_config(n_heads: int, head_dim: int, rotary_dim: int) -> dict:
@@ -165,6 +195,19 @@ def _check_positions(positions: torch.Tensor, n_tokens: int, n_positions: int) -
             )
 
 
+def check_rotary_dims(head_dim: int, half_rotary_dim: int) -> None:
+    """An even head dim, and at most head_dim / 2 angle columns (dims past the rotary ones pass through).
+
+    fastx.ops' eager path runs this too, so both paths accept and reject the same inputs.
+    """
+    if head_dim % 2:
+        raise ValueError(f"q: expected an even head dim, got {head_dim}")
+    if 2 * half_rotary_dim > head_dim:
+        raise ValueError(
+            f"cos: expected at most {head_dim // 2} columns (head dim {head_dim} / 2), got {half_rotary_dim}"
+        )
+
+
 def apply_rotary(
     q: torch.Tensor,
     k: torch.Tensor | None,
@@ -188,15 +231,12 @@ def apply_rotary(
     check_float("sin", sin)
     check_same_dtype("cos", cos, sin=sin)
     check_same_device(q=q, k=k, cos=cos, sin=sin, positions=positions)
-    if head_dim % 2:
-        raise ValueError(f"q: expected an even head dim, got {head_dim}")
     if cos.dim() != 2:
         raise ValueError(f"cos: expected 2 dimensions (max_positions, rotary_dim/2), got shape {tuple(cos.shape)}")
     if sin.shape != cos.shape:
         raise ValueError(f"sin: expected shape {tuple(cos.shape)} (the shape of cos), got {tuple(sin.shape)}")
+    check_rotary_dims(head_dim, cos.shape[1])
     rotary_dim = 2 * cos.shape[1]
-    if rotary_dim > head_dim:
-        raise ValueError(f"cos: expected at most {head_dim // 2} columns (head dim {head_dim} / 2), got {cos.shape[1]}")
     _check_positions(positions, n_tokens, cos.shape[0])
 
     q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
@@ -216,11 +256,27 @@ def apply_rotary(
     num_warps = cfg.pop("num_warps")
     blocks = triton.cdiv(n_heads, cfg["BLOCK_HEADS"]) + triton.cdiv(n_key_heads, cfg["BLOCK_HEADS"])
     _rotary_fwd_kernel[(n_tokens, blocks)](
-        q, kk, cos, sin, positions, q_out, k_out if k_out is not None else q_out,
-        q.stride(0), q.stride(1), kk.stride(0), kk.stride(1), cos.stride(0), sin.stride(0),
-        n_heads, n_key_heads, head_dim, rotary_dim // 2,
-        HAS_K=k is not None, num_warps=num_warps, **cfg,
-    )  # fmt: skip
+        q,
+        kk,
+        cos,
+        sin,
+        positions,
+        q_out,
+        k_out if k_out is not None else q_out,
+        q.stride(0),
+        q.stride(1),
+        kk.stride(0),
+        kk.stride(1),
+        cos.stride(0),
+        sin.stride(0),
+        n_heads,
+        n_key_heads,
+        head_dim,
+        rotary_dim // 2,
+        HAS_K=k is not None,
+        num_warps=num_warps,
+        **cfg,
+    )
     return q_out, k_out
 
 

@@ -35,10 +35,15 @@ class AttentionMetadata:
     is_decode: bool = False  # every sequence has exactly one new token
     packed: PackedBatch | None = None  # set for padded-batch calls: to unpack outputs
 
+    @property
+    def varlen_lengths(self) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        """(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k): varlen_attention's length arguments."""
+        return self.cu_seqlens_q, self.cu_seqlens_k, self.max_seqlen_q, self.max_seqlen_k
+
     @classmethod
     def for_padded_batch(
         cls, attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None, batch: int, length: int, device
-    ) -> "AttentionMetadata":
+    ) -> AttentionMetadata:
         """Cache-free prefill of a padded (B, L) batch: only real tokens are computed.
 
         Default positions are the padded column indices, as in transformers' forward without
@@ -75,8 +80,7 @@ def causal_attention(
             if meta.packed is None:
                 raise ValueError("output_attentions: needs a padded-batch forward (no KV cache)")
             return packed_attention(q, k, v, meta.packed, causal=True, scale=scale, output_attentions=True)
-        out = ops.varlen_attention(q, k, v, meta.cu_seqlens_q, meta.cu_seqlens_k, meta.max_seqlen_q, meta.max_seqlen_k,
-                                   causal=True, scale=scale)  # fmt: skip
+        out = ops.varlen_attention(q, k, v, *meta.varlen_lengths, causal=True, scale=scale)
         return out, None
     if output_attentions:
         raise ValueError("output_attentions: not available with a KV cache (the kernels never form probabilities)")
@@ -85,9 +89,19 @@ def causal_attention(
     # eager ops' per-call value checks would repeat the same work 2 x layers times per step.
     ops.write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping, validate=False)
     if meta.is_decode:
-        out = ops.paged_decode_attention(q, k_cache, v_cache, meta.block_tables, meta.context_lens, scale=scale,
-                                         max_context_len=meta.max_seqlen_k, validate=False)  # fmt: skip
+        out = ops.paged_decode_attention(
+            q,
+            k_cache,
+            v_cache,
+            meta.block_tables,
+            meta.context_lens,
+            scale=scale,
+            max_context_len=meta.max_seqlen_k,
+            validate=False,
+        )
     else:  # prefill (possibly chunked, possibly after a cached prefix): new queries over the paged context
-        out = ops.varlen_attention(q, k_cache, v_cache, meta.cu_seqlens_q, meta.cu_seqlens_k, meta.max_seqlen_q,
-                                   meta.max_seqlen_k, causal=True, scale=scale, block_table=meta.block_tables)  # fmt: skip
+        lengths = meta.varlen_lengths
+        out = ops.varlen_attention(
+            q, k_cache, v_cache, *lengths, causal=True, scale=scale, block_table=meta.block_tables
+        )
     return out, None

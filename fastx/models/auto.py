@@ -10,32 +10,52 @@ import importlib
 import os
 from typing import Any
 
-from fastx.gguf import gguf_model_type, resolve_gguf_file
-from fastx.hub import resolve_checkpoint
-from fastx.models.config import config_from_dict, read_json
+from fastx.checkpoints.gguf import GGUFCheckpoint, read_gguf, resolve_gguf_file
+from fastx.checkpoints.hub import read_json, resolve_checkpoint
+from fastx.models.config import config_from_dict
 
 # model_type -> (module, {auto class name: model class name})
 MODEL_TYPES: dict[str, tuple[str, dict[str, str]]] = {
-    "bert": ("fastx.models.bert", {
-        "AutoModel": "BertModel", "AutoModelForMaskedLM": "BertForMaskedLM",
-        "AutoModelForSequenceClassification": "BertForSequenceClassification",
-        "AutoModelForTokenClassification": "BertForTokenClassification"}),
-    "roberta": ("fastx.models.roberta", {
-        "AutoModel": "RobertaModel", "AutoModelForMaskedLM": "RobertaForMaskedLM",
-        "AutoModelForSequenceClassification": "RobertaForSequenceClassification",
-        "AutoModelForTokenClassification": "RobertaForTokenClassification"}),
-    "distilbert": ("fastx.models.distilbert", {
-        "AutoModel": "DistilBertModel", "AutoModelForMaskedLM": "DistilBertForMaskedLM",
-        "AutoModelForSequenceClassification": "DistilBertForSequenceClassification",
-        "AutoModelForTokenClassification": "DistilBertForTokenClassification"}),
+    "bert": (
+        "fastx.models.bert",
+        {
+            "AutoModel": "BertModel",
+            "AutoModelForMaskedLM": "BertForMaskedLM",
+            "AutoModelForSequenceClassification": "BertForSequenceClassification",
+            "AutoModelForTokenClassification": "BertForTokenClassification",
+        },
+    ),
+    "roberta": (
+        "fastx.models.roberta",
+        {
+            "AutoModel": "RobertaModel",
+            "AutoModelForMaskedLM": "RobertaForMaskedLM",
+            "AutoModelForSequenceClassification": "RobertaForSequenceClassification",
+            "AutoModelForTokenClassification": "RobertaForTokenClassification",
+        },
+    ),
+    "distilbert": (
+        "fastx.models.distilbert",
+        {
+            "AutoModel": "DistilBertModel",
+            "AutoModelForMaskedLM": "DistilBertForMaskedLM",
+            "AutoModelForSequenceClassification": "DistilBertForSequenceClassification",
+            "AutoModelForTokenClassification": "DistilBertForTokenClassification",
+        },
+    ),
     "gpt2": ("fastx.models.gpt2", {"AutoModel": "GPT2Model", "AutoModelForCausalLM": "GPT2LMHeadModel"}),
     "llama": ("fastx.models.llama", {"AutoModel": "LlamaModel", "AutoModelForCausalLM": "LlamaForCausalLM"}),
     "mistral": ("fastx.models.llama", {"AutoModel": "LlamaModel", "AutoModelForCausalLM": "LlamaForCausalLM"}),
     "qwen2": ("fastx.models.llama", {"AutoModel": "LlamaModel", "AutoModelForCausalLM": "LlamaForCausalLM"}),
-    "vit": ("fastx.models.vit", {"AutoModel": "ViTModel", "AutoModelForImageClassification": "ViTForImageClassification"}),
-    "convnext": ("fastx.models.convnext", {
-        "AutoModel": "ConvNextModel", "AutoModelForImageClassification": "ConvNextForImageClassification"}),
-}  # fmt: skip
+    "vit": (
+        "fastx.models.vit",
+        {"AutoModel": "ViTModel", "AutoModelForImageClassification": "ViTForImageClassification"},
+    ),
+    "convnext": (
+        "fastx.models.convnext",
+        {"AutoModel": "ConvNextModel", "AutoModelForImageClassification": "ConvNextForImageClassification"},
+    ),
+}
 
 
 def _model_type(folder, name_or_path) -> tuple[str, dict[str, Any]]:
@@ -50,12 +70,6 @@ def _model_type(folder, name_or_path) -> tuple[str, dict[str, Any]]:
             f"(supported: {', '.join(sorted(MODEL_TYPES))}); fastx runs no remote code"
         )
     return model_type, data
-
-
-def _gguf_path(name_or_path, gguf_file, revision, cache_dir, local_files_only, token):
-    """The GGUF file to load (a .gguf path, or gguf_file=name in a folder / repo), or None (fastx.gguf)."""
-    return resolve_gguf_file(name_or_path, gguf_file, revision=revision, cache_dir=cache_dir,
-                             local_files_only=local_files_only, token=token)  # fmt: skip
 
 
 def _class_for(auto_name: str, model_type: str, name_or_path):
@@ -73,21 +87,32 @@ class _AutoModelBase:
         raise TypeError(f"{type(self).__name__} is a factory: use {type(self).__name__}.from_pretrained(...)")
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, revision=None, cache_dir=None, local_files_only=False,
-                        token=None, gguf_file=None, **kwargs):  # fmt: skip
-        gguf_path = _gguf_path(name_or_path, gguf_file, revision, cache_dir, local_files_only, token)
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        revision=None,
+        cache_dir=None,
+        local_files_only=False,
+        token=None,
+        gguf_file=None,
+        **kwargs,
+    ):
+        hub = {"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
+        gguf_path = resolve_gguf_file(name_or_path, gguf_file, **hub)
         if gguf_path is not None:  # GGUF: the model type is the file's general.architecture
-            model_class = _class_for(cls._auto_name, gguf_model_type(gguf_path)[0], name_or_path)
-            model = model_class.from_pretrained(gguf_path, **kwargs)
-            model.name_or_path = str(name_or_path)
-            return model
-        folder = resolve_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir,
-                                    local_files_only=local_files_only, token=token)  # fmt: skip
-        model_type, _ = _model_type(folder, name_or_path)
-        model_class = _class_for(cls._auto_name, model_type, name_or_path)
-        model = model_class.from_pretrained(folder, **kwargs)
+            model = cls.from_gguf(read_gguf(gguf_path), **kwargs)
+        else:
+            folder = resolve_checkpoint(name_or_path, **hub)
+            model_type, _ = _model_type(folder, name_or_path)
+            model = _class_for(cls._auto_name, model_type, name_or_path).from_pretrained(folder, **kwargs)
         model.name_or_path = str(name_or_path)
         return model
+
+    @classmethod
+    def from_gguf(cls, checkpoint: GGUFCheckpoint, **kwargs):
+        """The model of a GGUF file already parsed by read_gguf (dtype=, device= as from_pretrained)."""
+        model_class = _class_for(cls._auto_name, checkpoint.config["model_type"], checkpoint.path)
+        return model_class.from_gguf(checkpoint, **kwargs)
 
 
 class AutoConfig:
@@ -95,15 +120,17 @@ class AutoConfig:
         raise TypeError("AutoConfig is a factory: use AutoConfig.from_pretrained(...)")
 
     @classmethod
-    def from_pretrained(cls, name_or_path, revision=None, cache_dir=None, local_files_only=False, token=None,
-                        gguf_file=None):  # fmt: skip
-        gguf_path = _gguf_path(name_or_path, gguf_file, revision, cache_dir, local_files_only, token)
+    def from_pretrained(
+        cls, name_or_path, revision=None, cache_dir=None, local_files_only=False, token=None, gguf_file=None
+    ):
+        hub = {"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
+        gguf_path = resolve_gguf_file(name_or_path, gguf_file, **hub)
         if gguf_path is not None:
-            model_type, data = gguf_model_type(gguf_path)
+            data = read_gguf(gguf_path).config
+            model_type = data["model_type"]
             model_class = _class_for("AutoModel", model_type, name_or_path)
             return config_from_dict(model_class.config_class, data, str(gguf_path))
-        folder = resolve_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir,
-                                    local_files_only=local_files_only, token=token)  # fmt: skip
+        folder = resolve_checkpoint(name_or_path, **hub)
         model_type, data = _model_type(folder, name_or_path)
         model_class = _class_for("AutoModel", model_type, name_or_path)
         return config_from_dict(model_class.config_class, data, str(folder / "config.json"))

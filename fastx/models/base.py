@@ -18,13 +18,26 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from fastx.hub import resolve_checkpoint
-from fastx.loading import SAFETENSORS_DTYPES, checkpoint_files, iter_safetensors, read_safetensors_header
-from fastx.models.config import config_from_dict, read_json
+from fastx.checkpoints.gguf import GGUFCheckpoint, read_gguf, resolve_gguf_file
+from fastx.checkpoints.hub import read_json, resolve_checkpoint
+from fastx.checkpoints.safetensors import (
+    SAFETENSORS_DTYPES,
+    checkpoint_files,
+    iter_safetensors,
+    read_safetensors_header,
+)
+from fastx.models.config import config_from_dict
 
-DTYPE_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-               "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
-               "float": torch.float32, "half": torch.float16}  # fmt: skip
+DTYPE_NAMES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "float": torch.float32,
+    "half": torch.float16,
+}
 
 
 def resolve_dtype(dtype: torch.dtype | str | None, config_data: dict[str, Any]) -> torch.dtype:
@@ -52,8 +65,18 @@ def _skip_weight_init():
     3.6 s all-MiniLM-L6-v2 load in a fresh process). transformers skips init the same way
     (no_init_weights). The functions are restored on exit.
     """
-    names = ("normal_", "uniform_", "trunc_normal_", "constant_", "zeros_", "ones_", "kaiming_uniform_",
-             "kaiming_normal_", "xavier_uniform_", "xavier_normal_")  # fmt: skip
+    names = (
+        "normal_",
+        "uniform_",
+        "trunc_normal_",
+        "constant_",
+        "zeros_",
+        "ones_",
+        "kaiming_uniform_",
+        "kaiming_normal_",
+        "xavier_uniform_",
+        "xavier_normal_",
+    )
     saved = {name: getattr(nn.init, name) for name in names}
     try:
         for name in names:
@@ -96,32 +119,48 @@ class PreTrainedModel(nn.Module):
         gguf_file: str | os.PathLike | None = None,
     ):
         """Load a checkpoint (Hub repo id, local folder or .gguf file) ready for inference (eval mode, no grads)."""
-        from fastx.gguf import read_gguf, resolve_gguf_file
-
+        dtype = dtype if dtype is not None else torch_dtype
         # GGUF (llama.cpp's single file): a path to the .gguf, or a folder / repo id with gguf_file=name.
-        gguf_path = resolve_gguf_file(name_or_path, gguf_file, revision=revision, cache_dir=cache_dir,
-                                      local_files_only=local_files_only, token=token)  # fmt: skip
-        gguf = read_gguf(gguf_path) if gguf_path is not None else None
-        if gguf is not None:  # its metadata is the config
-            from fastx.models.auto import MODEL_TYPES
-
-            folder = config_path = gguf_path
-            data = gguf.config
-            if MODEL_TYPES[data["model_type"]][0] != cls.config_class.__module__:
-                raise ValueError(f"{gguf_path}: a GGUF {data['model_type']} checkpoint cannot load into {cls.__name__}")
+        hub = {"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
+        gguf_path = resolve_gguf_file(name_or_path, gguf_file, **hub)
+        if gguf_path is not None:
+            model = cls.from_gguf(read_gguf(gguf_path), dtype=dtype, device=device)
         else:
-            folder = resolve_checkpoint(
-                name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
-            )
+            folder = resolve_checkpoint(name_or_path, **hub)
             config_path = folder / "config.json"
             data = read_json(config_path)
-        config = config_from_dict(cls.config_class, data, str(config_path))
-        target_dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, data)
+            config = config_from_dict(cls.config_class, data, str(config_path))
+            model = cls._build(config, resolve_dtype(dtype, data), device, folder, gguf=None)
+        model.name_or_path = str(name_or_path)
+        return model
+
+    @classmethod
+    def from_gguf(
+        cls,
+        checkpoint: GGUFCheckpoint,
+        dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
+    ):
+        """Load from a GGUF file already parsed by read_gguf (its metadata is the config)."""
+        from fastx.models.auto import MODEL_TYPES
+
+        data = checkpoint.config
+        if MODEL_TYPES[data["model_type"]][0] != cls.__module__:
+            raise ValueError(
+                f"{checkpoint.path}: a GGUF {data['model_type']} checkpoint cannot load into {cls.__name__}"
+            )
+        config = config_from_dict(cls.config_class, data, str(checkpoint.path))
+        model = cls._build(config, resolve_dtype(dtype, data), device, checkpoint.path, gguf=checkpoint)
+        model.name_or_path = str(checkpoint.path)
+        return model
+
+    @classmethod
+    def _build(cls, config, dtype: torch.dtype, device, folder: Path, gguf: GGUFCheckpoint | None):
+        """Build on the meta device (no memory, no init), then read every weight once onto `device`."""
         device = torch.device(device) if device is not None else torch.device("cpu")
         with torch.device("meta"), _skip_weight_init():
             model = cls(config)
-        model.load_checkpoint(folder, target_dtype, device, gguf=gguf)
-        model.name_or_path = str(name_or_path)
+        model.load_checkpoint(folder, dtype, device, gguf=gguf)
         return model.eval().requires_grad_(False)
 
     # -- loading --------------------------------------------------------------------------------
@@ -145,9 +184,10 @@ class PreTrainedModel(nn.Module):
                 return candidate
         return None
 
-    def _checkpoint_entries(self, folder: Path, dtype: torch.dtype, gguf, destinations: dict[str, torch.Tensor]
-                            ) -> Iterator[tuple[Path, str, torch.Tensor]]:  # fmt: skip
-        """(file, name, tensor) of every checkpoint tensor: safetensors files, or one GGUF (fastx.gguf)."""
+    def _checkpoint_entries(
+        self, folder: Path, dtype: torch.dtype, gguf, destinations: dict[str, torch.Tensor]
+    ) -> Iterator[tuple[Path, str, torch.Tensor]]:
+        """(file, name, tensor) of every checkpoint tensor: safetensors files, or one GGUF (fastx.checkpoints.gguf)."""
         if gguf is not None:
             yield from ((gguf.path, name, tensor) for name, tensor in gguf.tensors(dtype))
             return
@@ -159,7 +199,9 @@ class PreTrainedModel(nn.Module):
             entries = iter_safetensors(file, dtype, is_packed_piece, destinations.get)
             yield from ((file, name, tensor) for name, tensor in entries)
 
-    def _fused_destinations(self, folder: Path, dtype: torch.dtype, params) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def _fused_destinations(
+        self, folder: Path, dtype: torch.dtype, params
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """From the headers alone: preallocate each fused parameter and map its pieces' checkpoint
         names to their row slices, so each piece is read straight into place (no per-piece buffer,
         no concatenation: the torch.cat of the pieces was 0.67 s of a 0.95 s SmolLM2 load).
@@ -211,7 +253,9 @@ class PreTrainedModel(nn.Module):
                 if target is None:
                     stripped = name.removeprefix(self.base_model_prefix + ".") if self.base_model_prefix else name
                     if stripped.split(".")[0] in top_level or name.split(".")[0] in top_level:
-                        raise ValueError(f"{file}: unexpected tensor {raw_name!r}: no such parameter in {type(self).__name__}")
+                        raise ValueError(
+                            f"{file}: unexpected tensor {raw_name!r}: no such parameter in {type(self).__name__}"
+                        )
                     continue  # a head this class does not have (e.g. the MLM head under AutoModel)
                 if part is not None:
                     pieces.setdefault(target, {})[part] = tensor
@@ -220,7 +264,9 @@ class PreTrainedModel(nn.Module):
                         continue
                     parts = pieces.pop(target)
                     # pieces read into their fused parameter's rows are already in place
-                    tensor = fused.pop(target) if target in fused else torch.cat([parts[i] for i in range(count)], dim=0)
+                    tensor = (
+                        fused.pop(target) if target in fused else torch.cat([parts[i] for i in range(count)], dim=0)
+                    )
                 self._assign(target, tensor, params[target], device, file)
                 loaded.add(target)
         for target, got in pieces.items():
@@ -248,7 +294,9 @@ class PreTrainedModel(nn.Module):
 
     def _assign(self, target: str, tensor: torch.Tensor, param: nn.Parameter, device, file) -> None:
         if tuple(tensor.shape) != tuple(param.shape):
-            raise ValueError(f"{file}: tensor for {target!r} has shape {tuple(tensor.shape)}, expected {tuple(param.shape)}")
+            raise ValueError(
+                f"{file}: tensor for {target!r} has shape {tuple(tensor.shape)}, expected {tuple(param.shape)}"
+            )
         module_name, _, leaf = target.rpartition(".")
         module = self.get_submodule(module_name) if module_name else self
         # Floating tensors already carry the requested dtype (converted while read).

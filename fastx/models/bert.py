@@ -16,6 +16,7 @@ from torch import nn
 
 import fastx.ops as ops
 from fastx.models.base import PreTrainedModel
+from fastx.models.config import check_multiple, check_supported
 from fastx.models.outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput, TokenClassifierOutput
 from fastx.models.packing import PackedBatch, packed_attention
 
@@ -40,12 +41,12 @@ class BertConfig:
     problem_type: str | None = None
 
     def validate(self, source: str) -> None:
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"{source}: hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}")
-        if self.hidden_act not in GELU_APPROXIMATION:
-            raise ValueError(f"{source}: hidden_act {self.hidden_act!r} not supported (supported: {', '.join(GELU_APPROXIMATION)})")
+        check_multiple(source, self, "hidden_size", "num_attention_heads")
+        check_supported(source, self, "hidden_act", GELU_APPROXIMATION)
         if self.position_embedding_type != "absolute":
-            raise ValueError(f"{source}: position_embedding_type {self.position_embedding_type!r} not supported (only 'absolute')")
+            raise ValueError(
+                f"{source}: position_embedding_type {self.position_embedding_type!r} not supported (only 'absolute')"
+            )
 
     @property
     def labels(self) -> int:
@@ -63,7 +64,11 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, input_ids, token_type_ids, positions):  # all (T,) -> (T, E)
-        x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings(token_type_ids)
+        x = (
+            self.word_embeddings(input_ids)
+            + self.position_embeddings(positions)
+            + self.token_type_embeddings(token_type_ids)
+        )
         return ops.layer_norm(x, x.shape[-1:], self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps)
 
 
@@ -89,18 +94,20 @@ class BertOutput(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, x, residual):  # post-norm: LayerNorm(dense(x) + residual), add fused into the norm
-        normed, _ = ops.add_layer_norm(self.dense(x), residual, residual.shape[-1:], self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps)
+        normed, _ = ops.add_layer_norm(
+            self.dense(x), residual, residual.shape[-1:], self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps
+        )
         return normed
 
 
 class BertAttention(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
-        setattr(self, "self", BertSelfAttention(config))  # transformers' name: attention.self.*
+        self.self = BertSelfAttention(config)  # transformers' name: attention.self.*
         self.output = BertOutput(config, config.hidden_size)
 
     def forward(self, x, batch, output_attentions):
-        attended, probs = getattr(self, "self")(x, batch, output_attentions)
+        attended, probs = self.self(x, batch, output_attentions)
         return self.output(attended, x), probs
 
 
@@ -169,13 +176,19 @@ class BertModel(PreTrainedModel):
             raise ValueError(f"input_ids: expected shape (batch, length), got {tuple(input_ids.shape)}")
         batch, length = input_ids.shape
         if length > self.config.max_position_embeddings:
-            raise ValueError(f"input_ids: length {length} exceeds max_position_embeddings {self.config.max_position_embeddings}")
+            raise ValueError(
+                f"input_ids: length {length} exceeds max_position_embeddings {self.config.max_position_embeddings}"
+            )
+        if position_ids is None:
+            position_ids = self.default_position_ids(input_ids)
         packed = PackedBatch.from_mask(attention_mask, batch, length, input_ids.device)
         ids = packed.pack(input_ids)
         types = packed.pack(token_type_ids) if token_type_ids is not None else torch.zeros_like(ids)
         # transformers' default positions are the column indices of the padded batch (so a
         # left-padded row starts past 0); matching them keeps outputs identical.
-        positions = packed.pack(position_ids.expand(batch, length)) if position_ids is not None else packed.indices % length
+        positions = (
+            packed.pack(position_ids.expand(batch, length)) if position_ids is not None else packed.indices % length
+        )
 
         x = self.embeddings(ids, types, positions)  # (T, E)
         hidden_states, attentions = [x], []
@@ -192,6 +205,10 @@ class BertModel(PreTrainedModel):
             attentions=tuple(attentions) if output_attentions else None,
         )
 
+    def default_position_ids(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """Hook: (B, L) positions when the caller gives none; None = the padded batch's column indices."""
+        return None
+
 
 class _BertTaskModel(PreTrainedModel):
     config_class = BertConfig
@@ -199,9 +216,23 @@ class _BertTaskModel(PreTrainedModel):
     optional_modules = ("pooler",)
     packed_modules = BertModel.packed_modules
 
-    def _encode(self, input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, output_attentions):
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, L)
+        attention_mask: torch.Tensor | None = None,  # (B, L), 1 = real token
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        return_dict: bool = True,
+    ):
         base = getattr(self, self.base_model_prefix)  # self.bert, self.roberta, ...
-        return base(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, output_attentions)
+        out = base(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, output_attentions)
+        return self.head(out)
+
+    def head(self, out: BaseModelOutput):
+        """The task head on the encoder's output -> the task's output dataclass."""
+        raise NotImplementedError
 
 
 class BertPredictionHeadTransform(nn.Module):
@@ -239,8 +270,11 @@ _NO_POOLER = (r"^(bert\.)?pooler\.",)
 
 class BertForMaskedLM(_BertTaskModel):
     # the decoder bias duplicates cls.predictions.bias; seq_relationship is the pretraining NSP head
-    ignored_checkpoint_keys = PreTrainedModel.ignored_checkpoint_keys + _NO_POOLER + (
-        r"^cls\.predictions\.decoder\.bias$", r"^cls\.seq_relationship\.")
+    ignored_checkpoint_keys = (
+        PreTrainedModel.ignored_checkpoint_keys
+        + _NO_POOLER
+        + (r"^cls\.predictions\.decoder\.bias$", r"^cls\.seq_relationship\.")
+    )
 
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -251,9 +285,7 @@ class BertForMaskedLM(_BertTaskModel):
     def tie_weights(self):  # BERT's decoder always shares the word embeddings
         self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                output_hidden_states=False, output_attentions=False, return_dict=True):  # fmt: skip
-        out = self._encode(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, output_attentions)
+    def head(self, out: BaseModelOutput):
         logits = self.cls.predictions(out.last_hidden_state)
         return MaskedLMOutput(logits, out.hidden_states, out.attentions)
 
@@ -265,9 +297,7 @@ class BertForSequenceClassification(_BertTaskModel):
         self.bert = BertModel(config)
         self.classifier = nn.Linear(config.hidden_size, config.labels)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                output_hidden_states=False, output_attentions=False, return_dict=True):  # fmt: skip
-        out = self._encode(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, output_attentions)
+    def head(self, out: BaseModelOutput):
         if out.pooler_output is None:
             raise ValueError("BertForSequenceClassification: the checkpoint has no pooler weights")
         return SequenceClassifierOutput(self.classifier(out.pooler_output), out.hidden_states, out.attentions)
@@ -275,13 +305,12 @@ class BertForSequenceClassification(_BertTaskModel):
 
 class BertForTokenClassification(_BertTaskModel):
     ignored_checkpoint_keys = PreTrainedModel.ignored_checkpoint_keys + _NO_POOLER
+
     def __init__(self, config: BertConfig):
         super().__init__()
         self.config = config
         self.bert = BertModel(config, add_pooling_layer=False)
         self.classifier = nn.Linear(config.hidden_size, config.labels)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                output_hidden_states=False, output_attentions=False, return_dict=True):  # fmt: skip
-        out = self._encode(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, output_attentions)
+    def head(self, out: BaseModelOutput):
         return TokenClassifierOutput(self.classifier(out.last_hidden_state), out.hidden_states, out.attentions)

@@ -8,29 +8,11 @@ ValueError naming the file and the field instead of deep inside a forward pass.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import types
 import typing
-from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
-
-
-def read_json(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise OSError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
 
 
 def _matches(value: Any, annotation: Any) -> bool:
@@ -80,3 +62,17 @@ def config_from_dict(cls: type[T], data: dict[str, Any], source: str, aliases: d
     if validate is not None:
         validate(source)
     return config
+
+
+def check_multiple(source: str, config: Any, field: str, of_field: str) -> None:
+    """`config.field` must be a positive multiple of `config.of_field` (hidden size of heads, ...)."""
+    value, divisor = getattr(config, field), getattr(config, of_field)
+    if divisor <= 0 or value % divisor:
+        raise ValueError(f"{source}: {field} {value} is not a multiple of {of_field} {divisor}")
+
+
+def check_supported(source: str, config: Any, field: str, supported) -> None:
+    """`config.field` must be one of `supported` (activation names, rope types, ...)."""
+    value = getattr(config, field)
+    if value not in supported:
+        raise ValueError(f"{source}: {field} {value!r} not supported (supported: {', '.join(supported)})")

@@ -18,6 +18,7 @@ from torch import nn
 
 import fastx.ops as ops
 from fastx.models.base import PreTrainedModel
+from fastx.models.config import check_supported
 from fastx.models.outputs import BaseModelOutput, ImageClassifierOutput
 
 GELU_APPROXIMATION = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh"}
@@ -47,14 +48,20 @@ class ConvNextConfig:
     def validate(self, source: str) -> None:
         for name in ("hidden_sizes", "depths"):
             values = getattr(self, name)
-            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= (1 if name == "hidden_sizes" else 0) for v in values):
+            if not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= (1 if name == "hidden_sizes" else 0)
+                for v in values
+            ):
                 raise ValueError(f"{source}: field {name!r} must be a list of positive ints, got {values!r}")
             if len(values) != self.num_stages:
-                raise ValueError(f"{source}: field {name!r} has {len(values)} entries, expected num_stages = {self.num_stages}")
-        if self.hidden_act not in GELU_APPROXIMATION:
-            raise ValueError(f"{source}: hidden_act {self.hidden_act!r} not supported (supported: {', '.join(GELU_APPROXIMATION)})")
+                raise ValueError(
+                    f"{source}: field {name!r} has {len(values)} entries, expected num_stages = {self.num_stages}"
+                )
+        check_supported(source, self, "hidden_act", GELU_APPROXIMATION)
         if self.num_stages < 1 or self.patch_size < 1:
-            raise ValueError(f"{source}: num_stages and patch_size must be positive, got {self.num_stages} and {self.patch_size}")
+            raise ValueError(
+                f"{source}: num_stages and patch_size must be positive, got {self.num_stages} and {self.patch_size}"
+            )
 
     @property
     def labels(self) -> int:
@@ -73,7 +80,9 @@ class ConvNextEmbeddings(nn.Module):
     def __init__(self, config: ConvNextConfig):
         super().__init__()
         # Stem: non-overlapping 4x4 patches (a strided conv, one GEMM) + channels-first LayerNorm.
-        self.patch_embeddings = nn.Conv2d(config.num_channels, config.hidden_sizes[0], kernel_size=config.patch_size, stride=config.patch_size)
+        self.patch_embeddings = nn.Conv2d(
+            config.num_channels, config.hidden_sizes[0], kernel_size=config.patch_size, stride=config.patch_size
+        )
         self.layernorm = nn.LayerNorm(config.hidden_sizes[0], eps=INNER_EPS)
 
     def forward(self, pixel_values):  # (B, 3, H0, W0) -> (B, C, H0 / 4, W0 / 4)
@@ -96,12 +105,20 @@ class ConvNextLayer(nn.Module):
     def forward(self, x):  # (B, C, H, W) -> (B, C, H, W)
         dim = x.shape[1]
         y = ops.conv2d(x, self.dwconv.weight, self.dwconv.bias, padding=3, groups=dim)  # channels_last memory
-        y = ops.layer_norm(y.permute(0, 2, 3, 1), (dim,), self.layernorm.weight, self.layernorm.bias, self.layernorm.eps)  # (B, H, W, C)
-        y = ops.bias_gelu(nn.functional.linear(y, self.pwconv1.weight), self.pwconv1.bias, self.approximate)  # (B, H, W, 4C)
+        y = ops.layer_norm(
+            y.permute(0, 2, 3, 1), (dim,), self.layernorm.weight, self.layernorm.bias, self.layernorm.eps
+        )  # (B, H, W, C)
+        y = ops.bias_gelu(
+            nn.functional.linear(y, self.pwconv1.weight), self.pwconv1.bias, self.approximate
+        )  # (B, H, W, 4C)
         y = nn.functional.linear(y, self.pwconv2.weight, self.pwconv2.bias)  # (B, H, W, C)
         residual = x.permute(0, 2, 3, 1)  # (B, H, W, C) view
         # residual + gamma * y in one elementwise pass.
-        out = residual + y if self.layer_scale_parameter is None else torch.addcmul(residual, y, self.layer_scale_parameter)
+        out = (
+            residual + y
+            if self.layer_scale_parameter is None
+            else torch.addcmul(residual, y, self.layer_scale_parameter)
+        )
         return out.permute(0, 3, 1, 2)  # (B, C, H, W), channels_last memory
 
 
@@ -111,7 +128,10 @@ class ConvNextStage(nn.Module):
         if in_channels != out_channels or stride > 1:
             # channels-first LayerNorm, then a 2x2 stride-2 conv (strided: eager conv, a GEMM).
             self.downsampling_layer = nn.ModuleList(
-                [nn.LayerNorm(in_channels, eps=INNER_EPS), nn.Conv2d(in_channels, out_channels, kernel_size=stride, stride=stride)]
+                [
+                    nn.LayerNorm(in_channels, eps=INNER_EPS),
+                    nn.Conv2d(in_channels, out_channels, kernel_size=stride, stride=stride),
+                ]
             )
         else:
             self.downsampling_layer = nn.ModuleList()
@@ -156,7 +176,9 @@ class ConvNextModel(PreTrainedModel):
     ) -> BaseModelOutput:
         channels = self.config.num_channels
         if pixel_values.dim() != 4 or pixel_values.shape[1] != channels:
-            raise ValueError(f"pixel_values: expected shape (batch, {channels}, height, width), got {tuple(pixel_values.shape)}")
+            raise ValueError(
+                f"pixel_values: expected shape (batch, {channels}, height, width), got {tuple(pixel_values.shape)}"
+            )
         weight = self.embeddings.patch_embeddings.weight
         x = pixel_values.to(weight.dtype).contiguous(memory_format=torch.channels_last)
         x = self.embeddings(x)

@@ -18,6 +18,7 @@ from torch import nn
 import fastx.ops as ops
 from fastx.models.base import PreTrainedModel
 from fastx.models.bert import GELU_APPROXIMATION, BertConfig, BertModel, BertSelfAttention
+from fastx.models.config import check_multiple, check_supported
 from fastx.models.outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput, TokenClassifierOutput
 from fastx.models.packing import PackedBatch
 
@@ -40,17 +41,15 @@ class DistilBertConfig:
     problem_type: str | None = None
 
     def validate(self, source: str) -> None:
-        if self.dim % self.n_heads:
-            raise ValueError(f"{source}: dim {self.dim} is not a multiple of n_heads {self.n_heads}")
-        if self.activation not in GELU_APPROXIMATION:
-            raise ValueError(f"{source}: activation {self.activation!r} not supported "
-                             f"(supported: {', '.join(GELU_APPROXIMATION)})")  # fmt: skip
+        check_multiple(source, self, "dim", "n_heads")
+        check_supported(source, self, "activation", GELU_APPROXIMATION)
         if self.id2label is not None:  # JSON keys are strings; transformers turns them into ints
             try:
                 self.id2label = {int(key): label for key, label in self.id2label.items()}
             except ValueError:
-                raise ValueError(f"{source}: field 'id2label' must map integer ids to labels, "
-                                 f"got keys {list(self.id2label)}") from None  # fmt: skip
+                raise ValueError(
+                    f"{source}: field 'id2label' must map integer ids to labels, got keys {list(self.id2label)}"
+                ) from None
 
     # transformers' attribute_map names (BertSelfAttention reads the first two)
     hidden_size = property(lambda self: self.dim)
@@ -135,6 +134,8 @@ class DistilBertModel(PreTrainedModel):
     def encoder(self) -> Transformer:  # BertModel.forward walks self.encoder.layer
         return self.transformer
 
+    default_position_ids = BertModel.default_position_ids  # BertModel.forward's hook: column indices
+
     def forward(
         self,
         input_ids: torch.Tensor,  # (B, L)
@@ -146,13 +147,31 @@ class DistilBertModel(PreTrainedModel):
     ) -> BaseModelOutput:
         # BERT's packed pass without token types; default positions are the padded batch's
         # column indices in both (a left-padded row starts past 0, as in transformers).
-        return BertModel.forward(self, input_ids, attention_mask, None, position_ids, output_hidden_states, output_attentions)
+        return BertModel.forward(
+            self, input_ids, attention_mask, None, position_ids, output_hidden_states, output_attentions
+        )
 
 
 class _DistilBertTaskModel(PreTrainedModel):
     config_class = DistilBertConfig
     base_model_prefix = "distilbert"
     packed_modules = DistilBertModel.packed_modules
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, L)
+        attention_mask: torch.Tensor | None = None,  # (B, L), 1 = real token
+        position_ids: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        return_dict: bool = True,
+    ):
+        out = self.distilbert(input_ids, attention_mask, position_ids, output_hidden_states, output_attentions)
+        return self.head(out)
+
+    def head(self, out: BaseModelOutput):
+        """The task head on the encoder's output -> the task's output dataclass."""
+        raise NotImplementedError
 
 
 class DistilBertForMaskedLM(_DistilBertTaskModel):
@@ -168,12 +187,14 @@ class DistilBertForMaskedLM(_DistilBertTaskModel):
     def tie_weights(self):
         self.vocab_projector.weight = self.distilbert.embeddings.word_embeddings.weight
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, output_hidden_states=False,
-                output_attentions=False, return_dict=True):  # fmt: skip
-        out = self.distilbert(input_ids, attention_mask, position_ids, output_hidden_states, output_attentions)
+    def head(self, out: BaseModelOutput):
         x = out.last_hidden_state  # (B, L, E)
-        x = ops.bias_gelu(nn.functional.linear(x, self.vocab_transform.weight), self.vocab_transform.bias, self.approximate)
-        x = ops.layer_norm(x, x.shape[-1:], self.vocab_layer_norm.weight, self.vocab_layer_norm.bias, self.vocab_layer_norm.eps)
+        x = ops.bias_gelu(
+            nn.functional.linear(x, self.vocab_transform.weight), self.vocab_transform.bias, self.approximate
+        )
+        x = ops.layer_norm(
+            x, x.shape[-1:], self.vocab_layer_norm.weight, self.vocab_layer_norm.bias, self.vocab_layer_norm.eps
+        )
         return MaskedLMOutput(self.vocab_projector(x), out.hidden_states, out.attentions)  # (B, L, V)
 
 
@@ -185,9 +206,7 @@ class DistilBertForSequenceClassification(_DistilBertTaskModel):
         self.pre_classifier = nn.Linear(config.dim, config.dim)
         self.classifier = nn.Linear(config.dim, config.labels)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, output_hidden_states=False,
-                output_attentions=False, return_dict=True):  # fmt: skip
-        out = self.distilbert(input_ids, attention_mask, position_ids, output_hidden_states, output_attentions)
+    def head(self, out: BaseModelOutput):
         pooled = torch.relu(self.pre_classifier(out.last_hidden_state[:, 0]))  # (B, E): the first ([CLS]) token
         return SequenceClassifierOutput(self.classifier(pooled), out.hidden_states, out.attentions)  # (B, C)
 
@@ -199,7 +218,7 @@ class DistilBertForTokenClassification(_DistilBertTaskModel):
         self.distilbert = DistilBertModel(config)
         self.classifier = nn.Linear(config.dim, config.labels)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, output_hidden_states=False,
-                output_attentions=False, return_dict=True):  # fmt: skip
-        out = self.distilbert(input_ids, attention_mask, position_ids, output_hidden_states, output_attentions)
-        return TokenClassifierOutput(self.classifier(out.last_hidden_state), out.hidden_states, out.attentions)  # (B, L, C)
+    def head(self, out: BaseModelOutput):
+        return TokenClassifierOutput(
+            self.classifier(out.last_hidden_state), out.hidden_states, out.attentions
+        )  # (B, L, C)

@@ -26,6 +26,7 @@ from torch import nn
 import fastx.ops as ops
 from fastx.models.attention import AttentionMetadata, causal_attention
 from fastx.models.base import GenerationMixin, PreTrainedModel
+from fastx.models.config import check_multiple, check_supported
 from fastx.models.outputs import BaseModelOutput, CausalLMOutput
 from fastx.ops.linear import Linear
 
@@ -54,11 +55,8 @@ class GPT2Config:
     add_cross_attention: bool = False
 
     def validate(self, source: str) -> None:
-        if self.n_embd % self.n_head:
-            raise ValueError(f"{source}: n_embd {self.n_embd} is not a multiple of n_head {self.n_head}")
-        if self.activation_function not in GELU_APPROXIMATION:
-            raise ValueError(f"{source}: activation_function {self.activation_function!r} not supported "
-                             f"(supported: {', '.join(GELU_APPROXIMATION)})")  # fmt: skip
+        check_multiple(source, self, "n_embd", "n_head")
+        check_supported(source, self, "activation_function", GELU_APPROXIMATION)
         for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"):
             if getattr(self, flag):
                 raise ValueError(f"{source}: {flag}=True is not supported by fastx's GPT-2 (only False)")
@@ -119,7 +117,9 @@ class GPT2Block(nn.Module):
         else:
             h, residual = ops.add_layer_norm(x, residual, x.shape[-1:], self.ln_1.weight, self.ln_1.bias, self.ln_1.eps)
         attended, probs = self.attn(h, meta, kv_cache, output_attentions)
-        h, residual = ops.add_layer_norm(attended, residual, x.shape[-1:], self.ln_2.weight, self.ln_2.bias, self.ln_2.eps)
+        h, residual = ops.add_layer_norm(
+            attended, residual, x.shape[-1:], self.ln_2.weight, self.ln_2.bias, self.ln_2.eps
+        )
         return self.mlp(h), residual, probs
 
 
@@ -157,8 +157,9 @@ def _padded_metadata(config: GPT2Config, input_ids, attention_mask, position_ids
     if meta.positions.numel():
         low, high = int(meta.positions.min()), int(meta.positions.max())  # user input: checked once, here
         if low < 0 or high >= config.n_positions:
-            raise ValueError(f"position_ids: expected positions in [0, {config.n_positions}) (n_positions), "
-                             f"got [{low}, {high}]")  # fmt: skip
+            raise ValueError(
+                f"position_ids: expected positions in [0, {config.n_positions}) (n_positions), got [{low}, {high}]"
+            )
     return meta
 
 
@@ -176,13 +177,19 @@ class GPT2Model(_GPT2Base):
         if meta.max_seqlen_k > self.config.n_positions:
             # The engine's positions are < each sequence's context length, so this bounds them
             # without reading `positions` back from the device.
-            raise ValueError(f"meta: context of {meta.max_seqlen_k} tokens exceeds n_positions {self.config.n_positions}")
+            raise ValueError(
+                f"meta: context of {meta.max_seqlen_k} tokens exceeds n_positions {self.config.n_positions}"
+            )
         if kv_caches is not None and len(kv_caches) != self.config.n_layer:
-            raise ValueError(f"kv_caches: expected {self.config.n_layer} (k_cache, v_cache) pairs, got {len(kv_caches)}")
+            raise ValueError(
+                f"kv_caches: expected {self.config.n_layer} (k_cache, v_cache) pairs, got {len(kv_caches)}"
+            )
         x = self.wte(input_ids) + self.wpe(meta.positions)  # (T, E)
         residual, streams, attentions = None, [x], []
         for i, block in enumerate(self.h):
-            x, residual, probs = block(x, residual, meta, kv_caches[i] if kv_caches is not None else None, output_attentions)
+            x, residual, probs = block(
+                x, residual, meta, kv_caches[i] if kv_caches is not None else None, output_attentions
+            )
             if output_hidden_states:
                 streams.append(x + residual)  # residual stream after block i (fused away otherwise)
             attentions.append(probs)
@@ -205,8 +212,9 @@ class GPT2Model(_GPT2Base):
         return_dict: bool = True,
     ) -> BaseModelOutput:
         meta = _padded_metadata(self.config, input_ids, attention_mask, position_ids)
-        hidden, streams, attentions = self.run(meta.packed.pack(input_ids), meta, None, output_hidden_states,
-                                               output_attentions)  # fmt: skip
+        hidden, streams, attentions = self.run(
+            meta.packed.pack(input_ids), meta, None, output_hidden_states, output_attentions
+        )
         unpack = meta.packed.unpack
         return BaseModelOutput(
             last_hidden_state=unpack(hidden),
@@ -233,11 +241,19 @@ class GPT2LMHeadModel(GenerationMixin, _GPT2Base):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # (N, E) -> (N, V)
         return self.lm_head(hidden)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, output_hidden_states=False,
-                output_attentions=False, return_dict=True) -> CausalLMOutput:  # fmt: skip
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        position_ids=None,
+        output_hidden_states=False,
+        output_attentions=False,
+        return_dict=True,
+    ) -> CausalLMOutput:
         meta = _padded_metadata(self.config, input_ids, attention_mask, position_ids)
-        hidden, streams, attentions = self.transformer.run(meta.packed.pack(input_ids), meta, None, output_hidden_states,
-                                                           output_attentions)  # fmt: skip
+        hidden, streams, attentions = self.transformer.run(
+            meta.packed.pack(input_ids), meta, None, output_hidden_states, output_attentions
+        )
         unpack = meta.packed.unpack
         return CausalLMOutput(
             logits=unpack(self.compute_logits(hidden)),  # logits of real tokens only, zeros at pads

@@ -25,7 +25,7 @@ class PackedBatch:
     length: int
 
     @classmethod
-    def from_mask(cls, attention_mask: torch.Tensor | None, batch: int, length: int, device) -> "PackedBatch":
+    def from_mask(cls, attention_mask: torch.Tensor | None, batch: int, length: int, device) -> PackedBatch:
         """Pack by a (B, L) 0/1 mask (any padding side); None means no padding."""
         if attention_mask is None:
             mask = torch.ones(batch, length, dtype=torch.bool, device=device)
@@ -66,8 +66,9 @@ def packed_attention(
     path that materialises them per sequence, as transformers' eager attention does.
     """
     if not output_attentions:
-        out = ops.varlen_attention(q, k, v, batch.cu_seqlens, batch.cu_seqlens, batch.max_seqlen, batch.max_seqlen,
-                                   causal=causal, scale=scale)  # fmt: skip
+        out = ops.varlen_attention(
+            q, k, v, batch.cu_seqlens, batch.cu_seqlens, batch.max_seqlen, batch.max_seqlen, causal=causal, scale=scale
+        )
         return out, None
     heads, kv_heads, head_dim = q.shape[1], k.shape[1], q.shape[2]
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale

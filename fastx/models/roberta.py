@@ -38,25 +38,17 @@ class RobertaModel(BertModel):
     config_class = RobertaConfig
     base_model_prefix = "roberta"
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,  # (B, L)
-        attention_mask: torch.Tensor | None = None,  # (B, L), 1 = real token
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-        return_dict: bool = True,
-    ) -> BaseModelOutput:
-        if position_ids is None and input_ids.dim() == 2:
-            position_ids = create_position_ids_from_input_ids(input_ids, self.config.pad_token_id)
-            # Positions run past L (they start at pad_token_id + 1): check the largest, not L.
-            largest = int(position_ids.max()) if input_ids.numel() else 0
-            if largest >= self.config.max_position_embeddings:
-                raise ValueError(f"input_ids: position ids reach {largest} (pad_token_id + real tokens in a row), "
-                                 f"beyond max_position_embeddings {self.config.max_position_embeddings}")  # fmt: skip
-        return super().forward(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states,
-                               output_attentions)  # fmt: skip
+    def default_position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """RoBERTa counts positions from pad_token_id + 1, over the real tokens of each row."""
+        position_ids = create_position_ids_from_input_ids(input_ids, self.config.pad_token_id)
+        # Positions run past L (they start at pad_token_id + 1): check the largest, not L.
+        largest = int(position_ids.max()) if input_ids.numel() else 0
+        if largest >= self.config.max_position_embeddings:
+            raise ValueError(
+                f"input_ids: position ids reach {largest} (pad_token_id + real tokens in a row), "
+                f"beyond max_position_embeddings {self.config.max_position_embeddings}"
+            )
+        return position_ids
 
 
 class _RobertaTaskModel(_BertTaskModel):
@@ -92,9 +84,7 @@ class RobertaForMaskedLM(_RobertaTaskModel):
     def tie_weights(self):  # the decoder always shares the word embeddings, as in BERT
         self.lm_head.decoder.weight = self.roberta.embeddings.word_embeddings.weight
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                output_hidden_states=False, output_attentions=False, return_dict=True):  # fmt: skip
-        out = self._encode(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, output_attentions)
+    def head(self, out: BaseModelOutput):
         return MaskedLMOutput(self.lm_head(out.last_hidden_state), out.hidden_states, out.attentions)
 
 
@@ -115,9 +105,7 @@ class RobertaForSequenceClassification(_RobertaTaskModel):
         self.roberta = RobertaModel(config, add_pooling_layer=False)
         self.classifier = RobertaClassificationHead(config)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                output_hidden_states=False, output_attentions=False, return_dict=True):  # fmt: skip
-        out = self._encode(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, output_attentions)
+    def head(self, out: BaseModelOutput):
         return SequenceClassifierOutput(self.classifier(out.last_hidden_state), out.hidden_states, out.attentions)
 
 

@@ -18,6 +18,7 @@ from torch import nn
 
 import fastx.ops as ops
 from fastx.models.base import PreTrainedModel
+from fastx.models.config import check_multiple, check_supported
 from fastx.models.outputs import BaseModelOutput, ImageClassifierOutput
 from fastx.models.packing import PackedBatch, packed_attention
 
@@ -46,10 +47,8 @@ class ViTConfig:
     id2label: dict | None = None
 
     def validate(self, source: str) -> None:
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"{source}: hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}")
-        if self.hidden_act not in GELU_APPROXIMATION:
-            raise ValueError(f"{source}: hidden_act {self.hidden_act!r} not supported (supported: {', '.join(GELU_APPROXIMATION)})")
+        check_multiple(source, self, "hidden_size", "num_attention_heads")
+        check_supported(source, self, "hidden_act", GELU_APPROXIMATION)
         if self.pooler_act != "tanh":
             raise ValueError(f"{source}: pooler_act {self.pooler_act!r} not supported (only 'tanh')")
         for name in ("image_size", "patch_size"):
@@ -58,7 +57,9 @@ class ViTConfig:
                 raise ValueError(f"{source}: field {name!r} must be an int or a pair of ints, got {value!r}")
         (ih, iw), (ph, pw) = _pair(self.image_size), _pair(self.patch_size)
         if min(ih, iw, ph, pw) <= 0 or ih % ph or iw % pw:
-            raise ValueError(f"{source}: image_size {self.image_size} is not a positive multiple of patch_size {self.patch_size}")
+            raise ValueError(
+                f"{source}: image_size {self.image_size} is not a positive multiple of patch_size {self.patch_size}"
+            )
 
     @property
     def labels(self) -> int:
@@ -73,7 +74,9 @@ class ViTPatchEmbeddings(nn.Module):
         self.image_size, self.patch_size = _pair(config.image_size), _pair(config.patch_size)
         self.num_patches = (self.image_size[0] // self.patch_size[0]) * (self.image_size[1] // self.patch_size[1])
         # A strided convolution with kernel = stride = P is one GEMM over the patches (cuDNN).
-        self.projection = nn.Conv2d(config.num_channels, config.hidden_size, kernel_size=self.patch_size, stride=self.patch_size)
+        self.projection = nn.Conv2d(
+            config.num_channels, config.hidden_size, kernel_size=self.patch_size, stride=self.patch_size
+        )
 
     def forward(self, pixel_values):  # (B, C, H, W) -> (B, N, E)
         return self.projection(pixel_values).flatten(2).transpose(1, 2)
@@ -84,7 +87,9 @@ class ViTEmbeddings(nn.Module):
         super().__init__()
         self.cls_token = nn.Parameter(torch.empty(1, 1, config.hidden_size))
         self.patch_embeddings = ViTPatchEmbeddings(config)
-        self.position_embeddings = nn.Parameter(torch.empty(1, self.patch_embeddings.num_patches + 1, config.hidden_size))
+        self.position_embeddings = nn.Parameter(
+            torch.empty(1, self.patch_embeddings.num_patches + 1, config.hidden_size)
+        )
 
     def forward(self, pixel_values):  # (B, C, H, W) -> (B, L, E)
         patches = self.patch_embeddings(pixel_values)  # (B, N, E)
@@ -97,7 +102,9 @@ class ViTSelfAttention(nn.Module):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
-        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)  # query, key, value packed
+        self.qkv = nn.Linear(
+            config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias
+        )  # query, key, value packed
 
     def forward(self, x, batch: PackedBatch, output_attentions: bool):  # (T, E)
         q, k, v = self.qkv(x).view(x.shape[0], 3, self.num_heads, self.head_dim).unbind(1)  # 3 x (T, H, D)
@@ -205,10 +212,15 @@ class ViTModel(PreTrainedModel):
     ) -> BaseModelOutput:
         config = self.config
         if pixel_values.dim() != 4 or pixel_values.shape[1] != config.num_channels:
-            raise ValueError(f"pixel_values: expected shape (batch, {config.num_channels}, height, width), got {tuple(pixel_values.shape)}")
+            raise ValueError(
+                f"pixel_values: expected shape (batch, {config.num_channels}, height, width), got "
+                f"{tuple(pixel_values.shape)}"
+            )
         if tuple(pixel_values.shape[2:]) != self.embeddings.patch_embeddings.image_size:
-            raise ValueError(f"pixel_values: expected image size {self.embeddings.patch_embeddings.image_size} (the model's "
-                             f"image_size; position embeddings are not interpolated), got {tuple(pixel_values.shape[2:])}")  # fmt: skip
+            raise ValueError(
+                f"pixel_values: expected image size {self.embeddings.patch_embeddings.image_size} (the model's "
+                f"image_size; position embeddings are not interpolated), got {tuple(pixel_values.shape[2:])}"
+            )
         pixel_values = pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
         x = self.embeddings(pixel_values)  # (B, L, E)
         batch, length, width = x.shape

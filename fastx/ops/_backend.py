@@ -12,9 +12,13 @@ The variable is read at each call, so a test or a user can switch it without re-
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
+
+from fastx.kernels import interpreter_enabled
 
 _CHOICES = ("auto", "triton", "torch")
 
@@ -27,10 +31,6 @@ def backend_setting() -> str:
     if value not in _CHOICES:
         raise ValueError(f"FASTX_BACKEND: expected one of {', '.join(_CHOICES)}, got {value!r}")
     return value
-
-
-def interpreter_enabled() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("", "0", "false", "off")
 
 
 def use_triton(*tensors: torch.Tensor | None) -> bool:
@@ -47,3 +47,22 @@ def use_triton(*tensors: torch.Tensor | None) -> bool:
             "before importing fastx (or use CUDA tensors, or FASTX_BACKEND=torch)"
         )
     return True
+
+
+@contextlib.contextmanager
+def forced_backend(name: str) -> Iterator[None]:
+    """Run fastx.ops on one backend ("triton" or "torch") inside the block; the old setting comes back after.
+
+    Used by the self-check and the kernel benchmarks to run one op both ways in one process.
+    """
+    if name not in _CHOICES:
+        raise ValueError(f"backend: expected one of {', '.join(_CHOICES)}, got {name!r}")
+    old = os.environ.get("FASTX_BACKEND")
+    os.environ["FASTX_BACKEND"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("FASTX_BACKEND", None)
+        else:
+            os.environ["FASTX_BACKEND"] = old

@@ -56,8 +56,9 @@ def _gather_paged(cache: torch.Tensor, block_table: torch.Tensor, cu_seqlens_k: 
     return flat[torch.cat(slots)] if slots else flat[:0]
 
 
-def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False, scale=None,
-                     block_table=None):  # fmt: skip
+def varlen_attention(
+    q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False, scale=None, block_table=None
+):
     """Attention over a packed batch: q (T_q, H, D), k/v (T_k, K, D), int32 cu_seqlens (B + 1,).
 
     Causal masks use bottom-right alignment (query i sees keys j <= i + Lk - Lq), which is what
@@ -66,8 +67,18 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     and cu_seqlens_k holds cumulative context lengths in the cache (see fastx.kernels.attention).
     """
     if use_triton(q, k, v):
-        return _varlen_attention_kernel(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                                        causal=causal, scale=scale, block_table=block_table)  # fmt: skip
+        return _varlen_attention_kernel(
+            q,
+            k,
+            v,
+            cu_seqlens_q,
+            cu_seqlens_k,
+            max_seqlen_q,
+            max_seqlen_k,
+            causal=causal,
+            scale=scale,
+            block_table=block_table,
+        )
     if block_table is not None:
         k, v = _gather_paged(k, block_table, cu_seqlens_k), _gather_paged(v, block_table, cu_seqlens_k)
     return _eager_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
@@ -101,8 +112,9 @@ def scaled_dot_product_attention(
         raise ValueError(f"dropout_p: expected 0.0 (fastx attention is inference only), got {dropout_p}")
 
     def eager():
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, is_causal=is_causal,
-                                              scale=scale, enable_gqa=enable_gqa)  # fmt: skip
+        return F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attn_mask, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa
+        )
 
     if not use_triton(query, key, value, attn_mask):
         return eager()
@@ -169,7 +181,17 @@ def _dense_attention(q, k, v, padding, is_causal, scale):
         cu_k = torch.zeros(batch + 1, dtype=torch.int32, device=dev)
         cu_k[1:] = torch.cumsum(keep.sum(dim=1, dtype=torch.int32), 0)
     _varlen_attention_kernel(
-        q_arg, k_arg, v_arg, cu_q, cu_k, seq_q, seq_k, causal=is_causal, scale=scale,
-        causal_alignment="top_left", _batch_strides=(sz_q, sz_k, sz_v, sz_o), _out=o_arg,
-    )  # fmt: skip
+        q_arg,
+        k_arg,
+        v_arg,
+        cu_q,
+        cu_k,
+        seq_q,
+        seq_k,
+        causal=is_causal,
+        scale=scale,
+        causal_alignment="top_left",
+        _batch_strides=(sz_q, sz_k, sz_v, sz_o),
+        _out=o_arg,
+    )
     return out

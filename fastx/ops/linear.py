@@ -51,7 +51,13 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     (rows, out_features) transposed view of the GEMM's output, not a contiguous tensor (a copy
     would cost up to a third of the GEMM it follows). Splitting its last dim with .view works;
     callers that need contiguous memory call .contiguous()."""
-    if input.is_cuda or not _MKL or input.dim() != 2 or input.shape[0] not in TRANSPOSED_ROWS or input.dtype != torch.float32:
+    if (
+        input.is_cuda
+        or not _MKL
+        or input.dim() != 2
+        or input.shape[0] not in TRANSPOSED_ROWS
+        or input.dtype != torch.float32
+    ):
         return F.linear(input, weight, bias)
     rows = input.shape[0]
     # Row-major rows: MKL reads a (K, M) column-major operand far faster at a few columns (one
@@ -73,8 +79,10 @@ def pack_weight(weight: torch.Tensor) -> torch.Tensor:
     if not ONEDNN_PACKING:
         raise ValueError("pack_weights: this torch build has no oneDNN (mkldnn) linear to run packed weights")
     if weight.device.type != "cpu" or weight.dtype != torch.float32 or weight.dim() != 2:
-        raise ValueError(f"pack_weights: expected a 2-D float32 CPU weight, got {weight.dtype} {tuple(weight.shape)} "
-                         f"on {weight.device}")  # fmt: skip
+        raise ValueError(
+            f"pack_weights: expected a 2-D float32 CPU weight, got {weight.dtype} {tuple(weight.shape)} "
+            f"on {weight.device}"
+        )
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _PACK_ROWS_HINT)
 
 
@@ -116,8 +124,9 @@ def pack_linear_weights(model: nn.Module) -> int:
     layers = [m for m in model.modules() if isinstance(m, Linear)]
     for layer in layers:
         if layer.weight.device.type != "cpu" or layer.weight.dtype != torch.float32:
-            raise ValueError(f"pack_weights: expected a float32 model on the CPU, got {layer.weight.dtype} on "
-                             f"{layer.weight.device}")  # fmt: skip
+            raise ValueError(
+                f"pack_weights: expected a float32 model on the CPU, got {layer.weight.dtype} on {layer.weight.device}"
+            )
     if layers and not ONEDNN_PACKING:
         raise ValueError("pack_weights: this torch build has no oneDNN (mkldnn) linear to run packed weights")
     for layer in layers:

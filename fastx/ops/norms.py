@@ -75,9 +75,12 @@ def add_layer_norm(input, residual, normalized_shape, weight=None, bias=None, ep
         return F.layer_norm(summed, shape, weight, bias, eps), summed
     lead = input.shape[: input.dim() - len(shape)]
     y, summed = _layer_norm_kernel(
-        input.reshape(*lead, size), _flat(weight), _flat(bias), eps,
+        input.reshape(*lead, size),
+        _flat(weight),
+        _flat(bias),
+        eps,
         residual=residual.reshape(*lead, size),
-    )  # fmt: skip
+    )
     return y.view(input.shape), summed.view(input.shape)
 
 

@@ -47,8 +47,16 @@ def write_kv_cache(key, value, k_cache, v_cache, slot_mapping, *, validate: bool
 
 
 def paged_decode_attention(
-    q, k_cache, v_cache, block_tables, context_lens, scale=None, max_context_len=None, partition_size=None,
-    *, validate: bool = True,
+    q,
+    k_cache,
+    v_cache,
+    block_tables,
+    context_lens,
+    scale=None,
+    max_context_len=None,
+    partition_size=None,
+    *,
+    validate: bool = True,
 ) -> torch.Tensor:
     """Decode attention of q (S, H, D) over each sequence's paged context; returns (S, H, D) in q's dtype.
 

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import torch
 
-from fastx.kernels.rotary import apply_rotary
+from fastx.kernels.rotary import apply_rotary, check_rotary_dims
 from fastx.ops._backend import use_triton
 
 
@@ -65,19 +65,14 @@ def rotary_embedding(
     if positions is not None and tuple(positions.shape) != lead:
         raise ValueError(f"positions: expected shape {lead} (query's leading dims), got {tuple(positions.shape)}")
     if positions is None and tuple(cos.shape[:-1]) != lead:
-        raise ValueError(f"cos: with positions=None, expected one row per token, shape {lead} + (rotary_dim/2,), "
-                         f"got {tuple(cos.shape)}")  # fmt: skip
+        raise ValueError(
+            f"cos: with positions=None, expected one row per token, shape {lead} + (rotary_dim/2,), "
+            f"got {tuple(cos.shape)}"
+        )
     if key is not None and tuple(key.shape[:-2]) != lead:
         raise ValueError(f"key: expected leading dims {lead} (query's), got shape {tuple(key.shape)}")
     if not use_triton(query, key, cos, sin, positions):
-        # The same argument checks as the kernel, so both paths accept and reject the same inputs.
-        head_dim = query.shape[-1]
-        if head_dim % 2:
-            raise ValueError(f"q: expected an even head dim, got {head_dim}")
-        if 2 * cos.shape[-1] > head_dim:
-            raise ValueError(
-                f"cos: expected at most {head_dim // 2} columns (head dim {head_dim} / 2), got {cos.shape[-1]}"
-            )
+        check_rotary_dims(query.shape[-1], cos.shape[-1])  # the kernel's own check
         if positions is not None:
             cos, sin, _ = rotary_angles(cos, sin, positions)
         c, s = cos.unsqueeze(-2), sin.unsqueeze(-2)  # (..., 1, R/2): broadcast over heads

@@ -60,7 +60,8 @@ def test_activation_non_contiguous(device, op):
     width = base.shape[-1] // 2
     for x in (base.transpose(0, 1)[:, ::2], base[..., : 2 * (width // 2)], base[::2, 1:4]):
         bias = b[: x.shape[-1]]
-        torch.testing.assert_close(kernel(x, bias), eager_fn(x, bias), msg=lambda m: f"{op} {tuple(x.stride())}: {m}")
+        strides = tuple(x.stride())
+        torch.testing.assert_close(kernel(x, bias), eager_fn(x, bias), msg=lambda m, s=strides: f"{op} {s}: {m}")
 
 
 def test_silu_and_mul_reads_a_slice_of_a_wider_projection(device):

@@ -55,9 +55,11 @@ def _eager(q, k, v, lens_q, lens_k, causal, alignment="bottom_right"):
         if lq and lk:
             mask = _visible(lq, lk, causal, alignment, q.device)
             o = F.scaled_dot_product_attention(
-                q[q0 : q0 + lq].transpose(0, 1), k[k0 : k0 + lk].transpose(0, 1).repeat_interleave(group, 0),
-                v[k0 : k0 + lk].transpose(0, 1).repeat_interleave(group, 0), attn_mask=mask,
-            )  # fmt: skip
+                q[q0 : q0 + lq].transpose(0, 1),
+                k[k0 : k0 + lk].transpose(0, 1).repeat_interleave(group, 0),
+                v[k0 : k0 + lk].transpose(0, 1).repeat_interleave(group, 0),
+                attn_mask=mask,
+            )
             out[q0 : q0 + lq] = o.masked_fill(~mask.any(-1)[None, :, None], 0.0).transpose(0, 1)
         q0, k0 = q0 + lq, k0 + lk
     return out
@@ -92,9 +94,17 @@ CASES = [
 def test_varlen_attention_matches_reference(device, lens_q, lens_k, n_heads, n_kv, head_dim, causal, alignment, dtype):
     q, k, v = _inputs(lens_q, lens_k, n_heads, n_kv, head_dim, dtype, device)
     out, lse = varlen_attention(
-        q, k, v, _cu(lens_q, device), _cu(lens_k, device), max(lens_q), max(lens_k),
-        causal=causal, causal_alignment=alignment, return_lse=True,
-    )  # fmt: skip
+        q,
+        k,
+        v,
+        _cu(lens_q, device),
+        _cu(lens_k, device),
+        max(lens_q),
+        max(lens_k),
+        causal=causal,
+        causal_alignment=alignment,
+        return_lse=True,
+    )
     ref, ref_lse = _reference(q, k, v, lens_q, lens_k, causal, alignment)
     eager = _eager(q, k, v, lens_q, lens_k, causal, alignment)
     assert out.dtype == dtype and out.shape == q.shape and not out.isnan().any()
@@ -115,8 +125,17 @@ def test_varlen_attention_random_batches(device, seed):
     n_heads = n_kv * int(torch.randint(1, 4, (1,), generator=gen))
     alignment = ["bottom_right", "top_left"][seed % 2]
     q, k, v = _inputs(lens_q, lens_k, n_heads, n_kv, 32, torch.float32, device)
-    out = varlen_attention(q, k, v, _cu(lens_q, device), _cu(lens_k, device), max(lens_q), max(lens_k),
-                           causal=True, causal_alignment=alignment)  # fmt: skip
+    out = varlen_attention(
+        q,
+        k,
+        v,
+        _cu(lens_q, device),
+        _cu(lens_k, device),
+        max(lens_q),
+        max(lens_k),
+        causal=True,
+        causal_alignment=alignment,
+    )
     ref, _ = _reference(q, k, v, lens_q, lens_k, True, alignment)
     torch.testing.assert_close(out, ref.float())
 
@@ -129,8 +148,12 @@ def test_varlen_attention_custom_scale_and_non_contiguous_inputs(device):
     ref, _ = _reference(q, k, v, lens, lens, True, scale=0.3)
     torch.testing.assert_close(out, ref.float())
     k_t = k.transpose(1, 2).contiguous().transpose(1, 2)  # D stride != 1: copied once by the launcher
-    torch.testing.assert_close(varlen_attention(q, k_t, v, _cu(lens, device), _cu(lens, device), 29, 29,
-                                                causal=True, scale=0.3), out, rtol=0, atol=0)  # fmt: skip
+    torch.testing.assert_close(
+        varlen_attention(q, k_t, v, _cu(lens, device), _cu(lens, device), 29, 29, causal=True, scale=0.3),
+        out,
+        rtol=0,
+        atol=0,
+    )
 
 
 def _paged(k, lens_k, block_size, extra_blocks=3):
@@ -182,10 +205,14 @@ def test_empty_batch_gives_empty_output(device):
 
 def _bad(**overrides):
     args = {
-        "q": torch.randn(10, 4, 32), "k": torch.randn(12, 2, 32), "v": torch.randn(12, 2, 32),
+        "q": torch.randn(10, 4, 32),
+        "k": torch.randn(12, 2, 32),
+        "v": torch.randn(12, 2, 32),
         "cu_seqlens_q": torch.tensor([0, 4, 10], dtype=torch.int32),
-        "cu_seqlens_k": torch.tensor([0, 5, 12], dtype=torch.int32), "max_seqlen_q": 6, "max_seqlen_k": 7,
-    }  # fmt: skip
+        "cu_seqlens_k": torch.tensor([0, 5, 12], dtype=torch.int32),
+        "max_seqlen_q": 6,
+        "max_seqlen_k": 7,
+    }
     args.update(overrides)
     return args
 

@@ -1,10 +1,10 @@
 """LayerNorm kernel (fastx.kernels.layer_norm) against eager PyTorch, per NUMERICS.md."""
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastx.kernels.layer_norm import MAX_FUSED_N, layer_norm
 from fastx.testing import assert_matches_reference

@@ -124,7 +124,9 @@ CASES = [
 
 
 @pytest.mark.parametrize("dtype, head_dim, block_size, n_heads, kv_heads, lens, partition_size", CASES)
-def test_paged_decode_matches_dense_attention(device, dtype, head_dim, block_size, n_heads, kv_heads, lens, partition_size):
+def test_paged_decode_matches_dense_attention(
+    device, dtype, head_dim, block_size, n_heads, kv_heads, lens, partition_size
+):
     k_cache, v_cache, tables, context_lens = _paged_setup(lens, kv_heads, head_dim, block_size, dtype, device)
     # q as a strided slice of a fused projection (unit last stride, gaps between sequences).
     q = torch.randn(len(lens), n_heads + 2, head_dim, device=device).to(dtype)[:, 1:-1]
@@ -145,7 +147,9 @@ def test_paged_decode_scale_and_max_context_len(device):
     q = torch.randn(2, 4, 64, device=device)
     ref = _dense_attention(q, k_cache, v_cache, tables, context_lens, 0.3, torch.float32)
     # A generous host-side max_context_len only adds empty partitions to the grid.
-    out = paged_decode_attention(q, k_cache, v_cache, tables, context_lens, scale=0.3, max_context_len=200, partition_size=16)
+    out = paged_decode_attention(
+        q, k_cache, v_cache, tables, context_lens, scale=0.3, max_context_len=200, partition_size=16
+    )
     torch.testing.assert_close(out, ref)
     out = paged_decode_attention(q, k_cache, v_cache, tables, context_lens, scale=0.3, max_context_len=37)
     torch.testing.assert_close(out, ref)
@@ -154,9 +158,12 @@ def test_paged_decode_scale_and_max_context_len(device):
 def test_paged_decode_empty_batch(device):
     k_cache = torch.zeros(2, 16, 2, 64, device=device)
     out = paged_decode_attention(
-        torch.zeros(0, 4, 64, device=device), k_cache, k_cache,
-        torch.zeros(0, 2, dtype=torch.int32, device=device), torch.zeros(0, dtype=torch.int32, device=device),
-    )  # fmt: skip
+        torch.zeros(0, 4, 64, device=device),
+        k_cache,
+        k_cache,
+        torch.zeros(0, 2, dtype=torch.int32, device=device),
+        torch.zeros(0, dtype=torch.int32, device=device),
+    )
     assert out.shape == (0, 4, 64)
 
 
@@ -169,15 +176,27 @@ def _bad_decode_cases():
     return [
         ((q[0], kc, kc, bt, cl), {}, "q: expected 3 dimensions"),
         ((q[..., :32], kc, kc, bt, cl), {}, "k_cache: expected shape (num_blocks, block_size, K, 32)"),
-        ((torch.randn(2, 3, 64), kc, kc, bt, cl), {}, "q: expected a head count divisible by the cache's 2 kv heads, got 3"),
+        (
+            (torch.randn(2, 3, 64), kc, kc, bt, cl),
+            {},
+            "q: expected a head count divisible by the cache's 2 kv heads, got 3",
+        ),
         ((q, kc, kc.half(), bt, cl), {}, "v_cache: expected dtype torch.float32"),
         ((q, kc, kc[:5], bt, cl), {}, "v_cache: expected shape (6, 16, 2, 64)"),
         ((q, kc, kc, bt.long(), cl), {}, "block_tables: expected shape (2, max_blocks) of int32"),
         ((q, kc, kc, bt[:1], cl), {}, "block_tables: expected shape (2, max_blocks)"),
         ((q, kc, kc, bt, cl.long()), {}, "context_lens: expected shape (2,) of int32"),
-        ((q, kc, kc, bt, torch.tensor([33, 5], dtype=i32)), {}, "context_lens: expected values in [0, max_blocks * block_size = 32], got [5, 33]"),
+        (
+            (q, kc, kc, bt, torch.tensor([33, 5], dtype=i32)),
+            {},
+            "context_lens: expected values in [0, max_blocks * block_size = 32], got [5, 33]",
+        ),
         ((q, kc, kc, bt, torch.tensor([-1, 5], dtype=i32)), {}, "context_lens: expected values in"),
-        ((q, kc, kc, torch.tensor([[0, 6], [2, 3]], dtype=i32), cl), {}, "block_tables: expected used entries in [0, 6)"),
+        (
+            (q, kc, kc, torch.tensor([[0, 6], [2, 3]], dtype=i32), cl),
+            {},
+            "block_tables: expected used entries in [0, 6)",
+        ),
         ((q, kc, kc, bt, cl), {"max_context_len": 10}, "max_context_len: expected >= the longest context 20"),
         ((q, kc, kc, bt, cl), {"partition_size": 100}, "partition_size: expected a power of two >= 16, got 100"),
     ]

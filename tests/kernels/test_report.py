@@ -34,7 +34,9 @@ def test_report_rows_have_the_documented_keys(report_rows):
 
 def test_every_configuration_compiles_without_spills(report_rows):
     failing = [
-        f"{r['kernel']} {r['target']} [{r['config']}]: {r['problems']} {r['error'] or ''}" for r in report_rows if not r["ok"]
+        f"{r['kernel']} {r['target']} [{r['config']}]: {r['problems']} {r['error'] or ''}"
+        for r in report_rows
+        if not r["ok"]
     ]
     assert not failing, "\n".join(failing)
     assert all(r["spill_bytes"] == 0 and r["registers"] <= 255 for r in report_rows)

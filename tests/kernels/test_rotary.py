@@ -66,8 +66,12 @@ def test_rotary_matches_transformers(device, head_dim, n_heads, n_key_heads, n_t
     _check(k_out, k, cos, sin, positions, "k")
 
 
-CACHE_DTYPES = [(torch.float16, torch.float32), (torch.float16, torch.float16),
-                (torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32)]  # fmt: skip
+CACHE_DTYPES = [
+    (torch.float16, torch.float32),
+    (torch.float16, torch.float16),
+    (torch.bfloat16, torch.bfloat16),
+    (torch.float32, torch.float32),
+]
 
 
 @pytest.mark.parametrize("dtype, cos_dtype", CACHE_DTYPES)
@@ -104,14 +108,20 @@ def test_rotary_reads_fused_qkv_in_place(device):
     assert none is None
     torch.testing.assert_close(q_only, _eager(strided_heads, cos[::2], sin[::2], positions // 2, torch.float32))
     transposed = torch.randn(n_tokens, head_dim, n_heads, device=device).transpose(1, 2)  # D not unit-stride: copied
-    torch.testing.assert_close(apply_rotary(transposed, None, cos, sin, positions)[0],
-                               _eager(transposed, cos, sin, positions, torch.float32))  # fmt: skip
+    torch.testing.assert_close(
+        apply_rotary(transposed, None, cos, sin, positions)[0], _eager(transposed, cos, sin, positions, torch.float32)
+    )
 
 
 def test_rotary_empty_input(device):
     cos, sin = _cos_sin(16, device)
-    q_out, k_out = apply_rotary(torch.empty(0, 2, 16, device=device), torch.empty(0, 1, 16, device=device),
-                                cos, sin, torch.empty(0, dtype=torch.int64, device=device))  # fmt: skip
+    q_out, k_out = apply_rotary(
+        torch.empty(0, 2, 16, device=device),
+        torch.empty(0, 1, 16, device=device),
+        cos,
+        sin,
+        torch.empty(0, dtype=torch.int64, device=device),
+    )
     assert q_out.shape == (0, 2, 16) and k_out.shape == (0, 1, 16)
 
 

@@ -9,8 +9,14 @@ from safetensors.torch import load_file, save_file
 
 from fastx.models import AutoModel
 
-TINY = dict(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=40,
-            max_position_embeddings=16)  # fmt: skip
+TINY = dict(
+    vocab_size=50,
+    hidden_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=40,
+    max_position_embeddings=16,
+)
 
 
 @pytest.fixture

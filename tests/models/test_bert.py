@@ -4,11 +4,23 @@ import pytest
 import torch
 import transformers
 
-from fastx.models import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
+from fastx.models import (
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
 
 # Odd sizes (NUMERICS.md): hidden 80 over 5 heads (head dim 16), 3 layers, intermediate 200.
-TINY = dict(vocab_size=99, hidden_size=80, num_hidden_layers=3, num_attention_heads=5, intermediate_size=200,
-            max_position_embeddings=64, num_labels=3)  # fmt: skip
+TINY = dict(
+    vocab_size=99,
+    hidden_size=80,
+    num_hidden_layers=3,
+    num_attention_heads=5,
+    intermediate_size=200,
+    max_position_embeddings=64,
+    num_labels=3,
+)
 TASKS = {
     "base": (transformers.BertModel, AutoModel, "last_hidden_state"),
     "mlm": (transformers.BertForMaskedLM, AutoModelForMaskedLM, "logits"),
@@ -41,8 +53,9 @@ def test_matches_transformers_with_padding_hidden_states_and_attentions(checkpoi
     model = auto_class.from_pretrained(folder)
     ids, mask, types = _batch()
     with torch.no_grad():
-        expected = reference(input_ids=ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True,
-                             output_attentions=True)
+        expected = reference(
+            input_ids=ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True, output_attentions=True
+        )
     got = model(ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True, output_attentions=True)
     real = mask.bool()
     if task == "seq":  # pooled from position 0: only rows whose first token is real are comparable
@@ -80,9 +93,15 @@ def test_all_minilm_l6_v2_sentence_embeddings_match_sentence_transformers():
         sentences, convert_to_tensor=True, normalize_embeddings=True
     )
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    enc = tokenizer(sentences, padding=True, truncation=True, max_length=256, return_tensors="pt")  # ST's max_seq_length
-    hidden = AutoModel.from_pretrained(path)(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]).last_hidden_state
-    m = enc["attention_mask"].unsqueeze(-1).float()  # sentence-transformers' pooling: mean over real tokens, L2-normalised
+    enc = tokenizer(
+        sentences, padding=True, truncation=True, max_length=256, return_tensors="pt"
+    )  # ST's max_seq_length
+    hidden = AutoModel.from_pretrained(path)(
+        enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]
+    ).last_hidden_state
+    m = (
+        enc["attention_mask"].unsqueeze(-1).float()
+    )  # sentence-transformers' pooling: mean over real tokens, L2-normalised
     got = torch.nn.functional.normalize((hidden * m).sum(1) / m.sum(1), dim=-1)
     cosine = (got * expected).sum(-1)
     assert cosine.min() >= 0.99999, cosine

@@ -14,10 +14,19 @@ CASES = {
     "base": (transformers.ConvNextModel, AutoModel, TINY),
     "cls": (transformers.ConvNextForImageClassification, AutoModelForImageClassification, TINY),
     # No layer scale (no layer_scale_parameter), three stages, tanh GELU.
-    "variant": (transformers.ConvNextModel, AutoModel,
-                dict(hidden_sizes=[8, 24, 40], depths=[2, 1, 1], num_stages=3, layer_scale_init_value=0.0,
-                     hidden_act="gelu_new", image_size=32)),
-}  # fmt: skip
+    "variant": (
+        transformers.ConvNextModel,
+        AutoModel,
+        dict(
+            hidden_sizes=[8, 24, 40],
+            depths=[2, 1, 1],
+            num_stages=3,
+            layer_scale_init_value=0.0,
+            hidden_act="gelu_new",
+            image_size=32,
+        ),
+    ),
+}
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
@@ -65,7 +74,9 @@ def test_non_contiguous_input(checkpoint):
     with torch.no_grad():
         expected = reference(pixels.contiguous()).pooler_output
     torch.testing.assert_close(model(pixels).pooler_output, expected, atol=1e-4, rtol=0)
-    with pytest.raises(ValueError, match=r"pixel_values: expected shape \(batch, 3, height, width\), got \(3, 32, 32\)"):
+    with pytest.raises(
+        ValueError, match=r"pixel_values: expected shape \(batch, 3, height, width\), got \(3, 32, 32\)"
+    ):
         model(torch.randn(3, 32, 32))
 
 

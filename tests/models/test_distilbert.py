@@ -6,8 +6,13 @@ import pytest
 import torch
 import transformers
 
-from fastx.models import (AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification,
-                          AutoModelForTokenClassification)  # fmt: skip
+from fastx.models import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
 
 # Odd sizes (NUMERICS.md): dim 80 over 5 heads (head dim 16), 3 layers, hidden_dim 200.
 TINY = dict(vocab_size=99, dim=80, n_layers=3, n_heads=5, hidden_dim=200, max_position_embeddings=64)
@@ -28,8 +33,9 @@ def checkpoint(request, tmp_path_factory):
     # learned one), the others learned positions; the task models carry named labels, as the
     # SST-2 checkpoint behind transformers' sentiment pipeline does. Eager attention: the SDPA
     # path returns no attention probabilities.
-    config = transformers.DistilBertConfig(**TINY, sinusoidal_pos_embds=request.param == "base",
-                                           id2label=LABELS, attn_implementation="eager")  # fmt: skip
+    config = transformers.DistilBertConfig(
+        **TINY, sinusoidal_pos_embds=request.param == "base", id2label=LABELS, attn_implementation="eager"
+    )
     reference = hf_class(config).eval()
     folder = tmp_path_factory.mktemp(f"distilbert-{request.param}")
     reference.save_pretrained(folder)
@@ -90,9 +96,11 @@ def test_config_surfaces_id2label_and_rejects_broken_fields(checkpoint, tmp_path
     assert config.id2label == LABELS and config.labels == 3 and config.hidden_size == 80  # int keys, as transformers
     assert AutoModelForSequenceClassification.from_pretrained(folder).config.id2label == LABELS
     data = json.loads((folder / "config.json").read_text())
-    for broken, message in [(dict(data, n_heads="5"), "field 'n_heads' must be int"),
-                            (dict(data, activation="relu"), "activation 'relu' not supported"),
-                            ({k: v for k, v in data.items() if k != "dim"}, "missing required field 'dim'")]:  # fmt: skip
+    for broken, message in [
+        (dict(data, n_heads="5"), "field 'n_heads' must be int"),
+        (dict(data, activation="relu"), "activation 'relu' not supported"),
+        ({k: v for k, v in data.items() if k != "dim"}, "missing required field 'dim'"),
+    ]:
         (tmp_path / "config.json").write_text(json.dumps(broken))
         with pytest.raises(ValueError, match=message):
             AutoConfig.from_pretrained(tmp_path)

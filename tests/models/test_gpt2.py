@@ -60,8 +60,13 @@ def test_lm_matches_transformers_with_padding_hidden_states_and_attentions(check
     assert (model.lm_head.weight is model.transformer.wte.weight) == reference.config.tie_word_embeddings
     ids, mask, positions = _batch(side)
     with torch.no_grad():
-        expected = reference(input_ids=ids, attention_mask=mask, position_ids=positions, output_hidden_states=True,
-                             output_attentions=True)  # fmt: skip
+        expected = reference(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            output_hidden_states=True,
+            output_attentions=True,
+        )
     got = model(ids, attention_mask=mask, position_ids=positions, output_hidden_states=True, output_attentions=True)
     real = mask.bool()
     torch.testing.assert_close(got.logits[real], expected.logits[real], atol=1e-4, rtol=0)
@@ -136,8 +141,13 @@ def _check_paged_decoding(model, prompts, chunk, steps):
     num_blocks = 8
     order = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(3)).to(torch.int32)
     tables = order.view(len(prompts), -1)  # (B, max_blocks)
-    caches = [(torch.zeros(num_blocks, BLOCK, cfg.n_head, cfg.head_dim),
-               torch.zeros(num_blocks, BLOCK, cfg.n_head, cfg.head_dim)) for _ in range(cfg.n_layer)]  # fmt: skip
+    caches = [
+        (
+            torch.zeros(num_blocks, BLOCK, cfg.n_head, cfg.head_dim),
+            torch.zeros(num_blocks, BLOCK, cfg.n_head, cfg.head_dim),
+        )
+        for _ in range(cfg.n_layer)
+    ]
     seqs = [list(p) for p in prompts]
 
     def step(new, done, decode):

@@ -19,18 +19,28 @@ GQA = dict(vocab_size=VOCAB, hidden_size=96, num_attention_heads=6, num_key_valu
 COMMON = dict(intermediate_size=200, num_hidden_layers=3, max_position_embeddings=64, rms_norm_eps=1e-5)
 # llama3 with theta 1e4, head dim 16 and original context 32: wavelengths 6.3 (< 8: kept), 19.9
 # (8..32: blended) and the rest (> 32: divided by factor) exercise all three bands of the rescaling.
-LLAMA3 = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-          "original_max_position_embeddings": 32}  # fmt: skip
+LLAMA3 = {
+    "rope_type": "llama3",
+    "rope_theta": 10000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 32,
+}
 VARIANTS = {
     "llama-mha-tied": (transformers.LlamaForCausalLM, {**MHA, "tie_word_embeddings": True}),
     "llama-gqa-bias": (transformers.LlamaForCausalLM, {**GQA, "attention_bias": True, "mlp_bias": True}),
     "llama-gqa-llama3": (transformers.LlamaForCausalLM, {**GQA, "rope_parameters": LLAMA3}),
-    "llama-mha-linear": (transformers.LlamaForCausalLM,
-                         {**MHA, "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}}),
-    "qwen2": (transformers.Qwen2ForCausalLM, {**GQA, "tie_word_embeddings": True,
-                                              "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}}),
+    "llama-mha-linear": (
+        transformers.LlamaForCausalLM,
+        {**MHA, "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}},
+    ),
+    "qwen2": (
+        transformers.Qwen2ForCausalLM,
+        {**GQA, "tie_word_embeddings": True, "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}},
+    ),
     "mistral": (transformers.MistralForCausalLM, {**GQA, "sliding_window": None}),
-}  # fmt: skip
+}
 
 
 def _randomize(model):
@@ -43,8 +53,11 @@ def _randomize(model):
 
 
 def _tiny(hf_class, kwargs, folder):
-    config_class = {transformers.LlamaForCausalLM: transformers.LlamaConfig, transformers.Qwen2ForCausalLM: transformers.Qwen2Config,
-                    transformers.MistralForCausalLM: transformers.MistralConfig}[hf_class]  # fmt: skip
+    config_class = {
+        transformers.LlamaForCausalLM: transformers.LlamaConfig,
+        transformers.Qwen2ForCausalLM: transformers.Qwen2Config,
+        transformers.MistralForCausalLM: transformers.MistralConfig,
+    }[hf_class]
     torch.manual_seed(0)
     reference = _randomize(hf_class(config_class(**COMMON, **kwargs, attn_implementation="eager")).eval())
     reference.save_pretrained(folder)
@@ -128,10 +141,16 @@ def _step_meta(starts, counts, block_tables, decode):
     seq = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
     slots = block_tables[seq, positions // BLOCK].long() * BLOCK + positions % BLOCK
     return AttentionMetadata(
-        positions=positions, cu_seqlens_q=_cumulative(counts), cu_seqlens_k=_cumulative(context), max_seqlen_q=max(counts),
-        max_seqlen_k=max(context), slot_mapping=slots, block_tables=block_tables,
-        context_lens=torch.tensor(context, dtype=torch.int32), is_decode=decode,
-    )  # fmt: skip
+        positions=positions,
+        cu_seqlens_q=_cumulative(counts),
+        cu_seqlens_k=_cumulative(context),
+        max_seqlen_q=max(counts),
+        max_seqlen_k=max(context),
+        slot_mapping=slots,
+        block_tables=block_tables,
+        context_lens=torch.tensor(context, dtype=torch.int32),
+        is_decode=decode,
+    )
 
 
 def _check_cached_generation(model, prompts, chunk, steps, full_logits=None):
@@ -139,8 +158,13 @@ def _check_cached_generation(model, prompts, chunk, steps, full_logits=None):
     then `steps` greedy decode steps. Every step's logits must equal a full recomputation without
     cache: being causal, one cache-free forward of each final sequence gives every step's rows."""
     full_logits = full_logits or (lambda seq: model(torch.tensor([seq])).logits[0])  # (len, V)
-    caches = [(torch.zeros(8, BLOCK, model.num_kv_heads, model.head_dim, dtype=model.dtype),
-               torch.zeros(8, BLOCK, model.num_kv_heads, model.head_dim, dtype=model.dtype)) for _ in range(model.num_layers)]  # fmt: skip
+    caches = [
+        (
+            torch.zeros(8, BLOCK, model.num_kv_heads, model.head_dim, dtype=model.dtype),
+            torch.zeros(8, BLOCK, model.num_kv_heads, model.head_dim, dtype=model.dtype),
+        )
+        for _ in range(model.num_layers)
+    ]
     block_tables = torch.randperm(8)[: 2 * len(prompts)].view(len(prompts), 2).to(torch.int32)  # shuffled ids
     seqs = [list(p) for p in prompts]
     cached = [[] for _ in prompts]  # per sequence: the cached path's logits, position by position
@@ -186,8 +210,13 @@ def test_runs_the_triton_kernels_under_the_interpreter(tmp_path, monkeypatch):
     torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-4, rtol=0)
     # The paged path: rotary, cache writes, paged prefill and paged decode kernels.
     with torch.no_grad():  # against transformers directly: no second cache-free run under the interpreter
-        _check_cached_generation(model, [torch.randint(0, VOCAB, (18,)).tolist()], chunk=7, steps=1,
-                                 full_logits=lambda seq: reference(torch.tensor([seq])).logits[0])  # fmt: skip
+        _check_cached_generation(
+            model,
+            [torch.randint(0, VOCAB, (18,)).tolist()],
+            chunk=7,
+            steps=1,
+            full_logits=lambda seq: reference(torch.tensor([seq])).logits[0],
+        )
 
 
 # -- sliding window (Mistral), config errors -------------------------------------------------------
@@ -213,7 +242,8 @@ def _config(tmp_path, **changes):
 
 
 def _load_config(path):
-    from fastx.models.config import config_from_dict, read_json
+    from fastx.checkpoints.hub import read_json
+    from fastx.models.config import config_from_dict
 
     return config_from_dict(LlamaConfig, read_json(path), str(path))
 
@@ -221,8 +251,10 @@ def _load_config(path):
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}},
-         r"rope_scaling/rope_type 'yarn' not supported \(supported: default, linear, llama3\)"),
+        (
+            {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}},
+            r"rope_scaling/rope_type 'yarn' not supported \(supported: default, linear, llama3\)",
+        ),
         ({"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4}}, r"rope_scaling/rope_type 'dynamic'"),
         ({"rope_parameters": {"rope_type": "llama3", "factor": 8.0}}, r"lacks low_freq_factor, high_freq_factor"),
         ({"rope_scaling": {"type": "linear", "factor": "2"}}, r"factor must be a positive number, got '2'"),
@@ -231,7 +263,7 @@ def _load_config(path):
         ({"num_key_value_heads": "5"}, r"field 'num_key_value_heads' must be"),
         ({"num_key_value_heads": 2}, r"num_attention_heads 5 is not a multiple of num_key_value_heads 2"),
     ],
-)  # fmt: skip
+)
 def test_broken_configs_name_the_field(tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
         _load_config(_config(tmp_path, **changes))

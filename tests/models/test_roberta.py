@@ -6,16 +6,30 @@ import pytest
 import torch
 import transformers
 
-from fastx.models import (AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification,
-                          AutoModelForTokenClassification)  # fmt: skip
+from fastx.models import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
 from fastx.models.roberta import create_position_ids_from_input_ids
 
 PAD = 1
 # Odd sizes (NUMERICS.md): hidden 80 over 5 heads (head dim 16), 3 layers, intermediate 200.
 # type_vocab_size 1 as in roberta-base; positions start at PAD + 1, hence max_position_embeddings 16
 # leaves room for exactly 14 real tokens (see the length test).
-TINY = dict(vocab_size=99, hidden_size=80, num_hidden_layers=3, num_attention_heads=5, intermediate_size=200,
-            max_position_embeddings=16, type_vocab_size=1, pad_token_id=PAD, num_labels=3)  # fmt: skip
+TINY = dict(
+    vocab_size=99,
+    hidden_size=80,
+    num_hidden_layers=3,
+    num_attention_heads=5,
+    intermediate_size=200,
+    max_position_embeddings=16,
+    type_vocab_size=1,
+    pad_token_id=PAD,
+    num_labels=3,
+)
 TASKS = {
     "base": (transformers.RobertaModel, AutoModel, "last_hidden_state"),
     "mlm": (transformers.RobertaForMaskedLM, AutoModelForMaskedLM, "logits"),
@@ -71,7 +85,9 @@ def test_matches_transformers_with_padding_hidden_states_and_attentions(checkpoi
 
 def test_position_ids_match_transformers_for_any_padding():
     ids = torch.tensor([[0, 5, 6, 2, 1, 1], [1, 1, 0, 7, 8, 2], [0, 5, 1, 6, 2, 1], [1, 1, 1, 1, 1, 1]])
-    expected = transformers.models.roberta.modeling_roberta.RobertaEmbeddings.create_position_ids_from_input_ids(ids, PAD)
+    expected = transformers.models.roberta.modeling_roberta.RobertaEmbeddings.create_position_ids_from_input_ids(
+        ids, PAD
+    )
     assert torch.equal(create_position_ids_from_input_ids(ids, PAD), expected)
     assert create_position_ids_from_input_ids(ids, PAD)[1].tolist() == [1, 1, 2, 3, 4, 5]  # left padding
 

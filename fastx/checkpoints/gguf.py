@@ -1,4 +1,4 @@
-"""GGUF checkpoints (llama.cpp's single-file format) -> a config dict, transformers-named tensors, a tokenizer.
+"""GGUF checkpoints (llama.cpp's single-file format) -> a config dict, transformers-named tensors, tokenizer data.
 
 A GGUF file is: magic "GGUF", a version, a metadata table of typed key/value pairs (the model's
 hyperparameters under `<architecture>.*`, the tokenizer under `tokenizer.*`), a table of tensor
@@ -8,9 +8,8 @@ fails with a ValueError that names it; the `gguf` package is used only to dequan
 tensors (Q4_0, Q4_1, Q8_0, K-quants, ...).
 
 Semantics follow transformers' GGUF loader: the same metadata -> config mapping, tensor names, the
-reverse of llama.cpp's rotary row permutation of q/k, and a tokenizer built the way transformers builds
-it (byte-level BPE for `tokenizer.ggml.model == "gpt2"`, sentencepiece-style BPE for "llama").
-Only the Llama architecture is supported.
+reverse of llama.cpp's rotary row permutation of q/k. The tokenizer is built from `tokenizer_data` by
+fastx.processing.gguf_tokenizer. Only the Llama architecture is supported.
 """
 
 from __future__ import annotations
@@ -31,19 +30,35 @@ GGUF_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
 
 # GGUF metadata value types: id -> (struct format, size); 8 = string and 9 = array are handled apart.
-_SCALARS = {0: ("<B", 1), 1: ("<b", 1), 2: ("<H", 2), 3: ("<h", 2), 4: ("<I", 4), 5: ("<i", 4), 6: ("<f", 4),
-            7: ("<?", 1), 10: ("<Q", 8), 11: ("<q", 8), 12: ("<d", 8)}  # fmt: skip
+_SCALARS = {
+    0: ("<B", 1),
+    1: ("<b", 1),
+    2: ("<H", 2),
+    3: ("<h", 2),
+    4: ("<I", 4),
+    5: ("<i", 4),
+    6: ("<f", 4),
+    7: ("<?", 1),
+    10: ("<Q", 8),
+    11: ("<q", 8),
+    12: ("<d", 8),
+}
 _NUMPY = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?", 10: "<u8", 11: "<i8", 12: "<f8"}
 _STRING, _ARRAY = 8, 9
 
 # llama.cpp tensor names -> transformers' LlamaForCausalLM names ({} = layer index).
 _GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 _LAYER_NAMES = {
-    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
     "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
-}  # fmt: skip
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
 # Tensors llama.cpp writes that transformers' Llama has no place for (Llama 3.1's rope factors).
 _IGNORED_TENSORS = ("rope_freqs.weight",)
 
@@ -67,8 +82,10 @@ class _Cursor:
 
     def need(self, nbytes: int, what: str) -> None:
         if nbytes < 0 or self.pos + nbytes > self.size:
-            raise ValueError(f"{self.path}: truncated GGUF file: {what} needs {nbytes} bytes at offset {self.pos}, "
-                             f"the file has {self.size}")  # fmt: skip
+            raise ValueError(
+                f"{self.path}: truncated GGUF file: {what} needs {nbytes} bytes at offset {self.pos}, "
+                f"the file has {self.size}"
+            )
 
     def scalar(self, type_id: int, what: str):
         fmt, nbytes = _SCALARS[type_id]
@@ -118,8 +135,11 @@ class GGUFCheckpoint:
         self._data_start = data_start
         self.architecture = metadata["general.architecture"]
         self.config = _llama_config(self)
-        self.tokenizer_data = {key.removeprefix("tokenizer.").removeprefix("ggml."): value
-                               for key, value in metadata.items() if key.startswith("tokenizer.")}  # fmt: skip
+        self.tokenizer_data = {
+            key.removeprefix("tokenizer.").removeprefix("ggml."): value
+            for key, value in metadata.items()
+            if key.startswith("tokenizer.")
+        }
 
     @property
     def tensor_names(self) -> list[str]:
@@ -132,8 +152,10 @@ class GGUFCheckpoint:
                 continue
             target = transformers_name(name)
             if target is None:
-                raise ValueError(f"{self.path}: tensor {name!r} has no counterpart in a Llama model "
-                                 "(an architecture variant fastx does not support)")  # fmt: skip
+                raise ValueError(
+                    f"{self.path}: tensor {name!r} has no counterpart in a Llama model "
+                    "(an architecture variant fastx does not support)"
+                )
             tensor = self._dequantize(name, type_id, shape, offset, nbytes)
             if ".attn_q." in name or ".attn_k." in name:
                 heads = self.config["num_attention_heads" if ".attn_q." in name else "num_key_value_heads"]
@@ -200,8 +222,10 @@ def read_gguf(path: str | os.PathLike) -> GGUFCheckpoint:
         raise ValueError(f"{path}: GGUF version {version} is not supported (supported: {GGUF_VERSIONS})")
     tensor_count, kv_count = cursor.scalar(10, "the tensor count"), cursor.scalar(10, "the metadata count")
     if 24 * tensor_count + 12 * kv_count > size:  # the least each entry takes in the header
-        raise ValueError(f"{path}: truncated GGUF file or corrupt header: {tensor_count} tensors and {kv_count} "
-                         f"metadata entries cannot fit in {size} bytes")  # fmt: skip
+        raise ValueError(
+            f"{path}: truncated GGUF file or corrupt header: {tensor_count} tensors and {kv_count} "
+            f"metadata entries cannot fit in {size} bytes"
+        )
 
     metadata: dict[str, Any] = {}
     for index in range(kv_count):
@@ -211,8 +235,10 @@ def read_gguf(path: str | os.PathLike) -> GGUFCheckpoint:
     if not isinstance(architecture, str):
         raise ValueError(f"{path}: GGUF metadata lacks 'general.architecture'")
     if architecture not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(f"{path}: GGUF architecture {architecture!r} is not supported by fastx "
-                         f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")  # fmt: skip
+        raise ValueError(
+            f"{path}: GGUF architecture {architecture!r} is not supported by fastx "
+            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
 
     raw_infos = []
     for index in range(tensor_count):
@@ -236,12 +262,16 @@ def read_gguf(path: str | os.PathLike) -> GGUFCheckpoint:
             raise ValueError(f"{path}: tensor {name!r} has unknown quantization type {type_id}")
         block, block_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(type_id)]
         if any(d <= 0 for d in dims) or dims[0] % block:
-            raise ValueError(f"{path}: tensor {name!r} has dims {dims}, invalid for {known[type_id]} (blocks of {block})")
+            raise ValueError(
+                f"{path}: tensor {name!r} has dims {dims}, invalid for {known[type_id]} (blocks of {block})"
+            )
         nbytes = int(np.prod(dims, dtype=np.float64)) // block * block_bytes
         start = data_start + offset
         if start + nbytes > size:
-            raise ValueError(f"{path}: truncated GGUF file: tensor {name!r} needs bytes {start}..{start + nbytes}, "
-                             f"the file has {size}")  # fmt: skip
+            raise ValueError(
+                f"{path}: truncated GGUF file: tensor {name!r} needs bytes {start}..{start + nbytes}, "
+                f"the file has {size}"
+            )
         tensor_infos.append((name, type_id, tuple(reversed(dims)), start, nbytes))
     return GGUFCheckpoint(path, metadata, tensor_infos, mapped, data_start)
 
@@ -250,15 +280,24 @@ def read_gguf(path: str | os.PathLike) -> GGUFCheckpoint:
 # Config (transformers' GGUF_CONFIG_MAPPING for llama)
 # ---------------------------------------------------------------------------------------------
 _LLAMA_KEYS = {
-    "context_length": "max_position_embeddings", "block_count": "num_hidden_layers",
-    "feed_forward_length": "intermediate_size", "embedding_length": "hidden_size",
-    "rope.dimension_count": "head_dim", "rope.freq_base": "rope_theta",
-    "attention.head_count": "num_attention_heads", "attention.head_count_kv": "num_key_value_heads",
-    "attention.layer_norm_rms_epsilon": "rms_norm_eps", "vocab_size": "vocab_size",
-}  # fmt: skip
+    "context_length": "max_position_embeddings",
+    "block_count": "num_hidden_layers",
+    "feed_forward_length": "intermediate_size",
+    "embedding_length": "hidden_size",
+    "rope.dimension_count": "head_dim",
+    "rope.freq_base": "rope_theta",
+    "attention.head_count": "num_attention_heads",
+    "attention.head_count_kv": "num_key_value_heads",
+    "attention.layer_norm_rms_epsilon": "rms_norm_eps",
+    "vocab_size": "vocab_size",
+}
 _REQUIRED = ("block_count", "embedding_length", "feed_forward_length", "attention.head_count")
-_TOKEN_IDS = {"bos_token_id": "bos_token_id", "eos_token_id": "eos_token_id",
-              "unknown_token_id": "unk_token_id", "padding_token_id": "pad_token_id"}  # fmt: skip
+_TOKEN_IDS = {
+    "bos_token_id": "bos_token_id",
+    "eos_token_id": "eos_token_id",
+    "unknown_token_id": "unk_token_id",
+    "padding_token_id": "pad_token_id",
+}
 
 
 def _llama_config(checkpoint: GGUFCheckpoint) -> dict[str, Any]:
@@ -295,12 +334,6 @@ def _llama_config(checkpoint: GGUFCheckpoint) -> dict[str, Any]:
     return config
 
 
-def gguf_model_type(path: str | os.PathLike) -> tuple[str, dict[str, Any]]:
-    """(model_type, config dict) of a GGUF file; ValueError for architectures fastx does not read."""
-    config = read_gguf(path).config
-    return config["model_type"], config
-
-
 # ---------------------------------------------------------------------------------------------
 # Locating the file: `from_pretrained(path.gguf)` or `from_pretrained(folder_or_repo, gguf_file=name)`
 # ---------------------------------------------------------------------------------------------
@@ -326,141 +359,21 @@ def resolve_gguf_file(
         return local
     from huggingface_hub import hf_hub_download
 
-    from fastx.hub import hub_call
+    from fastx.checkpoints.hub import hub_call
 
     name = str(name_or_path)
-    return Path(hub_call(name, revision, lambda: hf_hub_download(name, str(gguf_file), revision=revision, cache_dir=cache_dir,
-                                                                  local_files_only=local_files_only, token=token),
-                         filename=str(gguf_file)))  # fmt: skip
-
-
-# ---------------------------------------------------------------------------------------------
-# Tokenizer (transformers' integrations/gguf tokenizer builders, for the "gpt2" and "llama" models)
-# ---------------------------------------------------------------------------------------------
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")  # fmt: skip
-_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")  # fmt: skip
-_QWEN35_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
-                 r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")  # fmt: skip
-_TEKKEN_SPLIT = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
-                 r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
-                 r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")  # fmt: skip
-_GPT4O_SPLIT = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
-                r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
-                r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")  # fmt: skip
-# tokenizer.ggml.pre -> the split regex its merges were learned with (others: GPT-2's byte-level regex).
-PRE_TOKENIZER_SPLITS = {
-    **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
-                     "jina-v5-nano", "dbrx", "smaug-bpe"), _LLAMA3_SPLIT),
-    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez"), _QWEN2_SPLIT),
-    "qwen35": _QWEN35_SPLIT, "tekken": _TEKKEN_SPLIT,
-    **dict.fromkeys(("gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"), _GPT4O_SPLIT),
-}  # fmt: skip
-_CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
-
-
-def _byte_alphabet() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character table."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = list(printable), 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            chars.append(256 + extra)
-            extra += 1
-    return {byte: chr(c) for byte, c in zip(printable, chars)}
-
-
-def _merges_from_scores(vocab: dict[str, int], scores: dict[str, float]) -> list[tuple[str, str]]:
-    """Merges a vocabulary implies: every split of a token into two known tokens, best score first."""
-    merges = []
-    for merged, score in scores.items():
-        splits = [(merged[:i], merged[i:]) for i in range(1, len(merged))]
-        local = [(left, right, score) for left, right in splits if left in vocab and right in vocab]
-        merges += sorted(local, key=lambda m: (vocab[m[0]], vocab[m[1]]))
-    merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
-    return [(left, right) for left, right, _ in merges]
-
-
-def _merges(data: dict, path: Path, scores_vocab: dict[str, int] | None = None) -> list[tuple[str, ...]]:
-    if "merges" in data:
-        return [tuple(merge.split(" ")) for merge in data["merges"]]
-    if "scores" not in data:
-        raise ValueError(f"{path}: GGUF tokenizer has neither tokenizer.ggml.merges nor tokenizer.ggml.scores")
-    tokens = data["tokens"]
-    return _merges_from_scores(scores_vocab or {t: i for i, t in enumerate(tokens)}, dict(zip(tokens, data["scores"])))
-
-
-def load_gguf_tokenizer(path: str | os.PathLike, name_or_path: str | None = None):
-    """A fastx Tokenizer from a GGUF file's vocabulary, merges, token types, special ids and chat template."""
-    from tokenizers import AddedToken, Regex, Tokenizer as Backend, decoders, models, pre_tokenizers, processors
-
-    from fastx.tokenizer import VERY_LARGE_INTEGER, Tokenizer
-
-    checkpoint = read_gguf(path)
-    data, path = checkpoint.tokenizer_data, checkpoint.path
-    tokens, kind = data.get("tokens"), data.get("model")
-    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
-        raise ValueError(f"{path}: GGUF metadata lacks a tokenizer vocabulary (tokenizer.ggml.tokens)")
-    types = data.get("token_type") or []
-    if kind == "gpt2":  # byte-level BPE; tokens outside the byte alphabet are respelled in it
-        alphabet = _byte_alphabet()
-        spelled = set(alphabet.values())
-        vocab = {t if set(t) <= spelled else "".join(alphabet[b] for b in t.encode("utf-8")): i
-                 for i, t in enumerate(tokens)}  # fmt: skip
-        backend = Backend(models.BPE(vocab=vocab, merges=_merges(data, path), dropout=None, continuing_subword_prefix="",
-                                     end_of_word_suffix="", fuse_unk=False))  # fmt: skip
-        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        backend.decoder = decoders.ByteLevel()
-        split = PRE_TOKENIZER_SPLITS.get(data.get("pre"))
-        if split is not None:
-            backend.pre_tokenizer = pre_tokenizers.Sequence([
-                pre_tokenizers.Split(Regex(split), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ])  # fmt: skip
-        # A "control" token spelled outside the byte alphabet is a llama.cpp mislabel: transformers skips it.
-        control = [t for t, kind_ in zip(tokens, types) if kind_ == _CONTROL and set(t) <= spelled]
-        add_bos_default = False
-    elif kind == "llama":  # sentencepiece vocabulary as BPE with byte fallback, "▁" for spaces
-        vocab = {t: i for i, t in enumerate(tokens)}
-        backend = Backend(models.BPE(vocab=vocab, merges=_merges(data, path, vocab), fuse_unk=True, byte_fallback=True,
-                                     dropout=None))  # fmt: skip
-        backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
-        backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                             decoders.Strip(content=" ", left=1)])  # fmt: skip
-        control = [t for t, kind_ in zip(tokens, types) if kind_ == _CONTROL]
-        add_bos_default = True  # llama.cpp adds BOS to a sentencepiece vocabulary that does not say otherwise
-    else:
-        raise ValueError(f"{path}: GGUF tokenizer model {kind!r} is not supported by fastx (supported: gpt2, llama)")
-
-    if control:
-        backend.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in control])
-    user_defined = [t for t, kind_ in zip(tokens, types) if kind_ == _USER_DEFINED and t in vocab]
-    if user_defined:  # llama.cpp matches these whole in the text, like added tokens
-        backend.add_tokens([AddedToken(t, normalized=False, special=False) for t in user_defined])
-
-    special = {}
-    for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
-                      ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")):  # fmt: skip
-        index = data.get(key)
-        if index is not None and not (isinstance(index, int) and 0 <= index < len(tokens)):
-            raise ValueError(f"{path}: tokenizer.ggml.{key} {index!r} is outside the vocabulary of {len(tokens)}")
-        special[name] = tokens[index] if index is not None else None
-    chat_template = data.get("chat_template")
-    tokenizer = Tokenizer(
-        backend, special_tokens=special, extra_special_tokens=control, model_max_length=VERY_LARGE_INTEGER,
-        chat_template=chat_template if isinstance(chat_template, str) else None,
-        name_or_path=name_or_path if name_or_path is not None else str(path),
-    )  # fmt: skip
-    # transformers' update_post_processor: [BOS] $A [EOS], and [BOS] $B [EOS] with type id 1 for pairs.
-    bos, eos = special["bos_token"], special["eos_token"]
-    add_bos = bool(data.get("add_bos_token", add_bos_default)) and bos is not None
-    add_eos = bool(data.get("add_eos_token", False)) and eos is not None
-    single = f"{bos + ':0 ' if add_bos else ''}$A:0{' ' + eos + ':0' if add_eos else ''}"
-    pair = f"{single}{' ' + bos + ':1' if add_bos else ''} $B:1{' ' + eos + ':1' if add_eos else ''}"
-    used = [bos] * add_bos + [eos] * add_eos
-    backend.post_processor = processors.TemplateProcessing(
-        single=single, pair=pair, special_tokens=[(t, tokenizer.convert_tokens_to_ids(t)) for t in dict.fromkeys(used)]
+    return Path(
+        hub_call(
+            name,
+            revision,
+            lambda: hf_hub_download(
+                name,
+                str(gguf_file),
+                revision=revision,
+                cache_dir=cache_dir,
+                local_files_only=local_files_only,
+                token=token,
+            ),
+            filename=str(gguf_file),
+        )
     )
-    return tokenizer

@@ -8,8 +8,10 @@ fastx never unpickles: a repository with only `pytorch_model.bin` is refused.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 # Everything a model, its tokenizer or its image processor reads; weights only as safetensors.
 INFERENCE_FILES = [
@@ -27,6 +29,7 @@ INFERENCE_FILES = [
     "chat_template.jinja",
     "additional_chat_templates/*.jinja",
     "modules.json",
+    "sentence_bert_config.json",
     "1_Pooling/config.json",
 ]
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
@@ -52,8 +55,14 @@ def resolve_checkpoint(
     folder = hub_call(
         name,
         revision,
-        lambda: snapshot_download(name, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
-                                  token=token, allow_patterns=INFERENCE_FILES),  # fmt: skip
+        lambda: snapshot_download(
+            name,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            token=token,
+            allow_patterns=INFERENCE_FILES,
+        ),
     )
     return Path(folder)
 
@@ -95,3 +104,24 @@ def refuse_pickle_only(folder: Path, name: str) -> None:
             "unpickles a file. Convert once with transformers: "
             "AutoModel.from_pretrained(path).save_pretrained(out_dir, safe_serialization=True)"
         )
+
+
+def read_json(path: str | os.PathLike, missing_ok: bool = False) -> dict[str, Any]:
+    """A checkpoint's JSON object file (config.json, tokenizer_config.json, ...), with errors naming it.
+
+    `missing_ok`: an absent file reads as {} (optional files such as special_tokens_map.json).
+    """
+    path = Path(path)
+    if missing_ok and not path.is_file():
+        return {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise OSError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data

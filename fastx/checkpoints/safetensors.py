@@ -18,13 +18,20 @@ from pathlib import Path
 
 import torch
 
-from fastx.hub import PICKLE_WEIGHTS
+from fastx.checkpoints.hub import PICKLE_WEIGHTS
 
 SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
     "BOOL": torch.bool,
-}  # fmt: skip
+}
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own limit
 
 
@@ -88,7 +95,9 @@ def checkpoint_files(folder: str | os.PathLike) -> list[Path]:
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{index}: expected a JSON object with a 'weight_map', could not read it ({exc})") from None
+            raise ValueError(
+                f"{index}: expected a JSON object with a 'weight_map', could not read it ({exc})"
+            ) from None
         if not isinstance(weight_map, dict):
             raise ValueError(f"{index}: 'weight_map' must map tensor names to shard files")
         shards = sorted(set(weight_map.values()))
@@ -141,12 +150,16 @@ def iter_safetensors(
             if count == 0:
                 tensor = torch.empty(info["shape"], dtype=torch_dtype)
             elif target is None and not (read_copy is not None and read_copy(name)):
-                tensor = torch.frombuffer(mapped, dtype=torch_dtype, count=count, offset=data_start + begin).view(info["shape"])
+                tensor = torch.frombuffer(mapped, dtype=torch_dtype, count=count, offset=data_start + begin).view(
+                    info["shape"]
+                )
             else:  # a plain read: into the destination's memory, or into a buffer of its own
                 if target is None:
                     target = torch.empty(count, dtype=torch_dtype)
                 elif target.dtype != torch_dtype or target.numel() != count or not target.is_contiguous():
-                    raise ValueError(f"{path}: tensor {name!r} does not fit its destination {tuple(target.shape)} {target.dtype}")
+                    raise ValueError(
+                        f"{path}: tensor {name!r} does not fit its destination {tuple(target.shape)} {target.dtype}"
+                    )
                 f.seek(data_start + begin)
                 f.readinto(target.view(-1).view(torch.uint8).numpy())
                 tensor = target.view(info["shape"])

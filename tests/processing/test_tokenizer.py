@@ -1,4 +1,4 @@
-"""fastx.tokenizer against transformers' AutoTokenizer on the same folders.
+"""fastx.processing.tokenizer against transformers' AutoTokenizer on the same folders.
 
 Two real tokenizers: all-MiniLM-L6-v2 (BERT WordPiece, token_type_ids, model_max_length 512) and
 SmolLM2-135M-Instruct (byte-level BPE with a chat template), whose tokenizer transformers converts
@@ -17,8 +17,8 @@ import pytest
 import torch
 from tokenizers import Tokenizer as Backend
 
-from fastx.detokenizer import IncrementalDetokenizer
-from fastx.tokenizer import AutoTokenizer, Tokenizer
+from fastx.processing import AutoTokenizer, Tokenizer
+from fastx.processing.detokenizer import IncrementalDetokenizer
 
 transformers = pytest.importorskip("transformers")
 

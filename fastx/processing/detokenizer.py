@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from fastx.tokenizer import Tokenizer
+    from fastx.processing.tokenizer import Tokenizer
 
 
 class IncrementalDetokenizer:

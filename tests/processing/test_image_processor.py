@@ -14,14 +14,32 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastx.image_processor import AutoImageProcessor, ImageProcessor
+from fastx.processing.image_processor import AutoImageProcessor, ImageProcessor
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-VIT = {"image_processor_type": "ViTImageProcessor", "do_resize": True, "size": {"height": 32, "width": 32}, "resample": 2,
-       "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
-CONVNEXT = {"image_processor_type": "ConvNextImageProcessor", "do_resize": True, "size": {"shortest_edge": 32}, "crop_pct": 0.875,
-            "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": IMAGENET_MEAN,
-            "image_std": IMAGENET_STD}  # fmt: skip
+VIT = {
+    "image_processor_type": "ViTImageProcessor",
+    "do_resize": True,
+    "size": {"height": 32, "width": 32},
+    "resample": 2,
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "image_mean": [0.5] * 3,
+    "image_std": [0.5] * 3,
+}
+CONVNEXT = {
+    "image_processor_type": "ConvNextImageProcessor",
+    "do_resize": True,
+    "size": {"shortest_edge": 32},
+    "crop_pct": 0.875,
+    "resample": 3,
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "image_mean": IMAGENET_MEAN,
+    "image_std": IMAGENET_STD,
+}
 
 
 def _uint8(*shape):
@@ -42,8 +60,9 @@ def test_without_resize_every_layout_gives_the_same_exact_result():
     mean = (torch.tensor(IMAGENET_MEAN) * 255.0).view(-1, 1, 1)
     std = (torch.tensor(IMAGENET_STD) * 255.0).view(-1, 1, 1)
     assert torch.equal(batch, (images.float() - mean) / std)
-    torch.testing.assert_close(batch.double(), torch.stack([_normalized(i, IMAGENET_MEAN, IMAGENET_STD) for i in images]),
-                               atol=1e-5, rtol=0)  # fmt: skip
+    torch.testing.assert_close(
+        batch.double(), torch.stack([_normalized(i, IMAGENET_MEAN, IMAGENET_STD) for i in images]), atol=1e-5, rtol=0
+    )
     hwc = [np.ascontiguousarray(i.permute(1, 2, 0).numpy()) for i in images]
     for other in (processor(hwc), processor([images[0], images[1]]), processor([hwc[0], images[1:]])):
         assert torch.equal(other.pixel_values, batch)
@@ -58,8 +77,9 @@ def test_same_size_resize_is_the_identity():
 
 @pytest.mark.parametrize("resample", [2, 3])
 def test_downscale_keeps_constants_and_linear_ramps(resample):
-    processor = ImageProcessor.from_dict(dict(VIT, size={"height": 13, "width": 32}, resample=resample, do_rescale=False,
-                                              do_normalize=False))  # fmt: skip
+    processor = ImageProcessor.from_dict(
+        dict(VIT, size={"height": 13, "width": 32}, resample=resample, do_rescale=False, do_normalize=False)
+    )
     constant = processor(torch.full((3, 39, 64), 0.25)).pixel_values
     torch.testing.assert_close(constant, torch.full_like(constant, 0.25), atol=1e-6, rtol=0)
     # A ramp f(x) = x sampled 64 -> 32: output pixel j centers on input x = 2j + 0.5 (align_corners=False);
@@ -71,7 +91,9 @@ def test_downscale_keeps_constants_and_linear_ramps(resample):
 
 
 def test_uint8_images_stay_integers_after_resizing():
-    processor = ImageProcessor.from_dict(dict(CONVNEXT, size={"shortest_edge": 17}, do_rescale=False, do_normalize=False))
+    processor = ImageProcessor.from_dict(
+        dict(CONVNEXT, size={"shortest_edge": 17}, do_rescale=False, do_normalize=False)
+    )
     out = processor(_uint8(3, 50, 41)).pixel_values
     assert out.dtype == torch.uint8 and out.shape == (1, 3, 17, 17)
     # With rescaling, the value is the rounded integer / 255, like torchvision's uint8 resize.
@@ -99,8 +121,16 @@ def test_vit_shortest_edge_keeps_aspect_ratio_and_center_crop_pads():
     processor = ImageProcessor.from_dict(dict(VIT, size={"shortest_edge": 32}, do_rescale=False, do_normalize=False))
     assert processor(torch.rand(3, 40, 50)).pixel_values.shape == (1, 3, 32, 40)  # 50 * 32 / 40 = 40
     assert processor(torch.rand(3, 51, 23)).pixel_values.shape == (1, 3, 70, 32)  # int(51 * 32 / 23) = 70
-    crop = ImageProcessor.from_dict(dict(VIT, do_resize=False, do_center_crop=True, crop_size={"height": 6, "width": 9},
-                                         do_rescale=False, do_normalize=False))  # fmt: skip
+    crop = ImageProcessor.from_dict(
+        dict(
+            VIT,
+            do_resize=False,
+            do_center_crop=True,
+            crop_size={"height": 6, "width": 9},
+            do_rescale=False,
+            do_normalize=False,
+        )
+    )
     image = torch.rand(3, 4, 11)
     out = crop(image).pixel_values[0]
     expected = torch.zeros(3, 6, 9)
@@ -109,7 +139,9 @@ def test_vit_shortest_edge_keeps_aspect_ratio_and_center_crop_pads():
 
 
 def test_legacy_int_size_and_grayscale_conversion():
-    processor = ImageProcessor.from_dict({"feature_extractor_type": "ViTFeatureExtractor", "size": 16, "do_convert_rgb": True})
+    processor = ImageProcessor.from_dict(
+        {"feature_extractor_type": "ViTFeatureExtractor", "size": 16, "do_convert_rgb": True}
+    )
     assert processor.size == {"height": 16, "width": 16} and processor.resample == 2
     assert processor(np.zeros((20, 30), dtype=np.uint8)).pixel_values.shape == (1, 3, 16, 16)
 
@@ -147,7 +179,9 @@ def test_missing_config_and_bad_inputs(tmp_path):
     processor = ImageProcessor.from_dict(dict(VIT, do_resize=False))
     with pytest.raises(ValueError, match=r"return_tensors: expected 'pt' or None, got 'np'"):
         processor(_uint8(3, 4, 4), return_tensors="np")
-    with pytest.raises(ValueError, match=r"images: expected an image \(C, H, W\) or \(H, W, C\).*got shape \(5, 6, 7\)"):
+    with pytest.raises(
+        ValueError, match=r"images: expected an image \(C, H, W\) or \(H, W, C\).*got shape \(5, 6, 7\)"
+    ):
         processor(torch.zeros(5, 6, 7))
     with pytest.raises(ValueError, match=r"images: expected a torch tensor, numpy array, PIL image"):
         processor("cat.jpg")
@@ -156,16 +190,29 @@ def test_missing_config_and_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="processed images differ in shape"):
         processor([_uint8(3, 4, 4), _uint8(3, 5, 4)])
     assert [p.shape for p in processor([_uint8(3, 4, 4), _uint8(3, 5, 4)], return_tensors=None).pixel_values] == [
-        (3, 4, 4), (3, 5, 4)]  # fmt: skip
+        (3, 4, 4),
+        (3, 5, 4),
+    ]
 
 
-@pytest.mark.parametrize("config", [VIT, dict(VIT, size={"height": 24, "width": 40}, resample=3), CONVNEXT,
-                                    dict(CONVNEXT, size={"shortest_edge": 384}, resample=2)])  # fmt: skip
+@pytest.mark.parametrize(
+    "config",
+    [
+        VIT,
+        dict(VIT, size={"height": 24, "width": 40}, resample=3),
+        CONVNEXT,
+        dict(CONVNEXT, size={"shortest_edge": 384}, resample=2),
+    ],
+)
 def test_matches_transformers_image_processors(config):
     pytest.importorskip("torchvision")  # transformers' torch image processors are torchvision-backed
     import transformers
 
-    hf_class = transformers.ConvNextImageProcessor if "ConvNext" in config["image_processor_type"] else transformers.ViTImageProcessor
+    hf_class = (
+        transformers.ConvNextImageProcessor
+        if "ConvNext" in config["image_processor_type"]
+        else transformers.ViTImageProcessor
+    )
     reference = hf_class(**{k: v for k, v in config.items() if k != "image_processor_type"})
     processor = ImageProcessor.from_dict(config)
     floats = [torch.rand(3, 45, 61), torch.rand(3, 61, 45)]

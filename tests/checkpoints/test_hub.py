@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from fastx.hub import resolve_checkpoint
-from fastx.loading import load_state_dict
+from fastx.checkpoints.hub import resolve_checkpoint
+from fastx.checkpoints.safetensors import load_state_dict
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -44,7 +44,7 @@ def test_repo_id_resolves_from_hf_home(tmp_path):
     snapshot = _cached_repo(tmp_path / "hub", "fastx-test/tiny")
     env = {**os.environ, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     env.pop("HF_HUB_CACHE", None)
-    code = "from fastx.hub import resolve_checkpoint; print(resolve_checkpoint('fastx-test/tiny'))"
+    code = "from fastx.checkpoints.hub import resolve_checkpoint; print(resolve_checkpoint('fastx-test/tiny'))"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert Path(out.stdout.strip()).resolve() == snapshot.resolve()

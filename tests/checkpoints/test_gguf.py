@@ -20,21 +20,12 @@ transformers = pytest.importorskip("transformers")
 
 from safetensors.torch import load_file  # noqa: E402
 
-from fastx.gguf import read_gguf  # noqa: E402
+from fastx.checkpoints.gguf import read_gguf  # noqa: E402
 from fastx.models import AutoConfig, AutoModelForCausalLM  # noqa: E402
 from fastx.models.llama import LlamaForCausalLM  # noqa: E402
-from fastx.tokenizer import AutoTokenizer  # noqa: E402
+from fastx.processing import AutoTokenizer  # noqa: E402
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):\n    if n < 2:", "Ünïcödé: 你好, мир! 🤗 1234567"]
-TEXTS = [
-    *PROMPTS,
-    "  leading spaces, trailing\t\ttabs  \n\n\nnewlines",
-    "x = {'a': [1, 2.5e-3], \"b\": None}  # comment\r\n\tprint(x['a'][0] ** 2)",
-    "<|im_start|>user\nHi<|im_end|> literal special tokens <|endoftext|>",
-    "Ж ｆｕｌｌｗｉｄｔｈ ﬁ ligature, combining é and emoji 👩‍👩‍👧 ∑∞",
-]
-CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2? Explain ✓"},
-        {"role": "assistant", "content": "4."}, {"role": "user", "content": "And 3+3?"}]  # fmt: skip
 
 
 def _assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-4) -> None:
@@ -61,9 +52,22 @@ def fastx_model(smollm2_gguf):
 def test_config_matches_transformers(smollm2_gguf, smollm2_checkpoint):
     config = read_gguf(smollm2_gguf).config
     reference = json.loads((smollm2_checkpoint / "config.json").read_text())
-    for key in ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                "num_key_value_heads", "rms_norm_eps", "max_position_embeddings", "vocab_size", "head_dim",
-                "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id"):  # fmt: skip
+    for key in (
+        "model_type",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "rms_norm_eps",
+        "max_position_embeddings",
+        "vocab_size",
+        "head_dim",
+        "tie_word_embeddings",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+    ):
         assert config[key] == reference[key], key
     assert config["rope_theta"] == reference["rope_parameters"]["rope_theta"]
     fastx_config = AutoConfig.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
@@ -105,81 +109,6 @@ def test_folder_and_gguf_file_loads_the_same_weights(fastx_model, smollm2_gguf):
     loaded = dict(model.named_parameters())
     for name, param in fastx_model.named_parameters():
         assert torch.equal(param, loaded[name]), name
-
-
-# -- the tokenizer ------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tokenizers_pair(smollm2_gguf, smollm2_checkpoint):
-    return AutoTokenizer.from_pretrained(smollm2_gguf), transformers.AutoTokenizer.from_pretrained(smollm2_checkpoint)
-
-
-def test_tokenizer_ids_equal_transformers(tokenizers_pair):
-    ours, theirs = tokenizers_pair
-    assert ours.special_tokens_map == theirs.special_tokens_map
-    assert len(ours) == len(theirs) == 49152
-    for text in TEXTS:
-        ids = ours(text)["input_ids"]
-        assert ids == theirs(text)["input_ids"], text
-        assert ours.decode(ids) == theirs.decode(ids) == text
-        assert ours.decode(ids, skip_special_tokens=True) == theirs.decode(ids, skip_special_tokens=True)
-    assert ours(TEXTS[:2], padding=True)["input_ids"] == theirs(TEXTS[:2], padding=True)["input_ids"]
-
-
-def test_chat_template_from_gguf(tokenizers_pair):
-    ours, theirs = tokenizers_pair
-    for messages in (CHAT, CHAT[1:2]):  # with a system message, and the template's default one
-        text = ours.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        assert text == theirs.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        assert text.endswith("<|im_start|>assistant\n")
-        ids = ours.apply_chat_template(messages, add_generation_prompt=True)
-        assert ids == theirs(text, add_special_tokens=False)["input_ids"]
-
-
-def test_tokenizer_from_folder_and_gguf_file(smollm2_gguf, tokenizers_pair):
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
-    assert tokenizer(TEXTS[-1])["input_ids"] == tokenizers_pair[0](TEXTS[-1])["input_ids"]
-
-
-def _write_sentencepiece_gguf(path):
-    """A GGUF whose vocabulary is sentencepiece-style (tokenizer.ggml.model "llama", as in TinyLlama or
-    Llama-2 files): <unk> <s> </s>, the 256 byte-fallback tokens, then "▁"-spelled pieces ranked by score."""
-    pieces = ["▁", "t", "h", "e", "a", "c", "o", "n", "s", "i", "d", "g", "r", "▁t", "he", "▁the", "▁c", "at", "▁cat",
-              "on", "▁on", "▁s", "it", "▁sit", "▁a", "in", "▁in", "▁d", "og", "▁dog", "er", "▁h"]  # fmt: skip
-    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_block_count(1)
-    writer.add_embedding_length(8)
-    writer.add_feed_forward_length(16)
-    writer.add_head_count(2)
-    writer.add_context_length(64)
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores([0.0] * 259 + [-float(i) for i in range(len(pieces))])
-    writer.add_token_types([2, 3, 3] + [6] * 256 + [1] * len(pieces))  # unknown, control, byte, normal
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_unk_token_id(0)
-    writer.add_tensor("token_embd.weight", np.zeros((len(tokens), 8), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
-@pytest.mark.parametrize("text", ["the cat sat on the dog", " the  cat", "thecat in", "héllo wörld 🤗", "\tthe\ncat  ",
-                                  "a", "</s> the <s>", ""])  # fmt: skip
-def test_sentencepiece_gguf_tokenizer_equals_transformers(tmp_path, text):
-    """Merges from scores, byte fallback for what the vocabulary lacks, "▁" for spaces, BOS added."""
-    from fastx.gguf import load_gguf_tokenizer
-
-    path = _write_sentencepiece_gguf(tmp_path / "sentencepiece.gguf")
-    ours = load_gguf_tokenizer(path)
-    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
-    ids = ours(text)["input_ids"]
-    assert ids == theirs(text)["input_ids"]
-    assert ours.decode(ids) == theirs.decode(ids)
-    assert ours.decode(ids, skip_special_tokens=True) == theirs.decode(ids, skip_special_tokens=True)
 
 
 # -- broken files -------------------------------------------------------------------------------
@@ -224,8 +153,11 @@ def test_truncated_file(smollm2_gguf, tmp_path, keep):
 
 
 def test_random_bytes_and_empty_file(tmp_path):
-    for name, content in (("random.gguf", np.random.default_rng(0).bytes(4096)), ("empty.gguf", b""),
-                          ("magic-only.gguf", b"GGUF" + bytes(3))):  # fmt: skip
+    for name, content in (
+        ("random.gguf", np.random.default_rng(0).bytes(4096)),
+        ("empty.gguf", b""),
+        ("magic-only.gguf", b"GGUF" + bytes(3)),
+    ):
         (tmp_path / name).write_bytes(content)
         with pytest.raises(ValueError, match=rf"{name}: not a GGUF file"):
             read_gguf(tmp_path / name)
@@ -245,7 +177,12 @@ def test_random_bytes_and_empty_file(tmp_path):
 
 def test_unsupported_architecture(tmp_path):
     path = _write_gguf(tmp_path / "gpt2-arch.gguf", architecture="gpt2")
-    for load in (read_gguf, AutoModelForCausalLM.from_pretrained, AutoConfig.from_pretrained, AutoTokenizer.from_pretrained):
+    for load in (
+        read_gguf,
+        AutoModelForCausalLM.from_pretrained,
+        AutoConfig.from_pretrained,
+        AutoTokenizer.from_pretrained,
+    ):
         with pytest.raises(ValueError, match=r"gpt2-arch\.gguf: GGUF architecture 'gpt2' is not supported.*llama"):
             load(path)
 
@@ -272,8 +209,30 @@ def test_greedy_generation_from_the_gguf_equals_the_converted_checkpoint(smollm2
 
     params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
     prompts = ["The capital of France is", "def fibonacci(n):"]
-    from_gguf = LLM(str(smollm2_gguf), dtype="float32", device="cpu", kv_cache_memory=64 << 20).generate(prompts, params, use_tqdm=False)
-    converted = LLM(smollm2_checkpoint, dtype="float32", device="cpu", kv_cache_memory=64 << 20).generate(prompts, params, use_tqdm=False)
+    from_gguf = LLM(str(smollm2_gguf), dtype="float32", device="cpu", kv_cache_memory=64 << 20).generate(
+        prompts, params, use_tqdm=False
+    )
+    converted = LLM(smollm2_checkpoint, dtype="float32", device="cpu", kv_cache_memory=64 << 20).generate(
+        prompts, params, use_tqdm=False
+    )
     for a, b in zip(from_gguf, converted):
         assert a.prompt_token_ids == b.prompt_token_ids
         assert a.outputs[0].token_ids == b.outputs[0].token_ids
+
+
+def test_llm_parses_a_gguf_header_once(smollm2_gguf, monkeypatch):
+    """LLM(path.gguf) builds its model and its tokenizer from one parse of the file."""
+    from fastx import LLM
+    from fastx.checkpoints import gguf
+
+    parses = []
+    original = gguf.GGUFCheckpoint.__init__
+
+    def counting_init(self, *args, **kwargs):
+        parses.append(args[0])
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(gguf.GGUFCheckpoint, "__init__", counting_init)
+    llm = LLM(str(smollm2_gguf), dtype="float32", device="cpu", kv_cache_memory=16 << 20)
+    assert llm.get_tokenizer() is not None
+    assert len(parses) == 1, f"the GGUF header was parsed {len(parses)} times"

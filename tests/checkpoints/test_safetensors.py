@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from fastx.loading import checkpoint_files, load_state_dict, read_safetensors_header
+from fastx.checkpoints.safetensors import checkpoint_files, load_state_dict, read_safetensors_header
 
 
 def _tensors():
@@ -66,8 +66,10 @@ def test_pickle_only_checkpoint_is_refused_with_conversion_hint(tmp_path):
     ],
 )
 def test_broken_headers_name_the_file_and_tensor(tmp_path, mutate, message):
-    header = {"a": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
-              "b": {"dtype": "F32", "shape": [2], "data_offsets": [16, 24]}}  # fmt: skip
+    header = {
+        "a": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
+        "b": {"dtype": "F32", "shape": [2], "data_offsets": [16, 24]},
+    }
     h, d = mutate(header, bytes(24))
     _write_raw(tmp_path / "model.safetensors", h, d)
     with pytest.raises(ValueError, match=message) as info:

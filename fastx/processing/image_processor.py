@@ -19,23 +19,35 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fastx.hub import resolve_checkpoint
-from fastx.models.config import read_json
+from fastx.checkpoints.hub import read_json, resolve_checkpoint
 
 # PIL's resampling codes (what configs store) -> F.interpolate modes.
 RESAMPLE_MODES = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 IMAGENET_STANDARD = [0.5, 0.5, 0.5]
 PROCESSOR_KINDS = {
-    "ViTImageProcessor": "vit", "ViTImageProcessorFast": "vit", "ViTFeatureExtractor": "vit",
-    "ConvNextImageProcessor": "convnext", "ConvNextImageProcessorFast": "convnext", "ConvNextFeatureExtractor": "convnext",
-}  # fmt: skip
+    "ViTImageProcessor": "vit",
+    "ViTImageProcessorFast": "vit",
+    "ViTFeatureExtractor": "vit",
+    "ConvNextImageProcessor": "convnext",
+    "ConvNextImageProcessorFast": "convnext",
+    "ConvNextFeatureExtractor": "convnext",
+}
 # transformers' class defaults for fields a config omits.
 DEFAULTS: dict[str, dict[str, Any]] = {
     "vit": dict(size={"height": 224, "width": 224}, resample=2),
     "convnext": dict(size={"shortest_edge": 384}, resample=3, crop_pct=224 / 256),
 }
-COMMON_DEFAULTS = dict(do_resize=True, do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=IMAGENET_STANDARD,
-                       image_std=IMAGENET_STANDARD, do_center_crop=False, crop_size=None, do_convert_rgb=False)  # fmt: skip
+COMMON_DEFAULTS = dict(
+    do_resize=True,
+    do_rescale=True,
+    rescale_factor=1 / 255,
+    do_normalize=True,
+    image_mean=IMAGENET_STANDARD,
+    image_std=IMAGENET_STANDARD,
+    do_center_crop=False,
+    crop_size=None,
+    do_convert_rgb=False,
+)
 
 
 class BatchFeature(dict):
@@ -47,7 +59,7 @@ class BatchFeature(dict):
         except KeyError:
             raise AttributeError(name) from None
 
-    def to(self, *args, **kwargs) -> "BatchFeature":
+    def to(self, *args, **kwargs) -> BatchFeature:
         return BatchFeature({k: v.to(*args, **kwargs) if isinstance(v, torch.Tensor) else v for k, v in self.items()})
 
 
@@ -57,9 +69,14 @@ def _size_dict(value: Any, field: str, source: str, default_to_square: bool) -> 
         return {"height": value, "width": value} if default_to_square else {"shortest_edge": value}
     if isinstance(value, dict):
         got = {k: v for k, v in value.items() if v is not None}
-        if set(got) in ({"height", "width"}, {"shortest_edge"}) and all(isinstance(v, int) and v > 0 for v in got.values()):
+        if set(got) in ({"height", "width"}, {"shortest_edge"}) and all(
+            isinstance(v, int) and v > 0 for v in got.values()
+        ):
             return got
-    raise ValueError(f"{source}: field {field!r} must be {{'height', 'width'}} or {{'shortest_edge'}} with positive ints, got {value!r}")
+    raise ValueError(
+        f"{source}: field {field!r} must be {{'height', 'width'}} or {{'shortest_edge'}} with positive ints, "
+        f"got {value!r}"
+    )
 
 
 def _floats(value: Any, field: str, source: str) -> list[float]:
@@ -72,22 +89,43 @@ def _floats(value: Any, field: str, source: str) -> list[float]:
 class ImageProcessor:
     """ViT / ConvNeXt preprocessing; build it with AutoImageProcessor.from_pretrained or from_dict."""
 
-    def __init__(self, kind: str, do_resize: bool, size: dict[str, int], resample: int, do_rescale: bool,
-                 rescale_factor: float, do_normalize: bool, image_mean: list[float], image_std: list[float],
-                 do_center_crop: bool = False, crop_size: dict[str, int] | None = None, crop_pct: float | None = None,
-                 do_convert_rgb: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        kind: str,
+        do_resize: bool,
+        size: dict[str, int],
+        resample: int,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_normalize: bool,
+        image_mean: list[float],
+        image_std: list[float],
+        do_center_crop: bool = False,
+        crop_size: dict[str, int] | None = None,
+        crop_pct: float | None = None,
+        do_convert_rgb: bool = False,
+    ):
         self.kind, self.do_resize, self.size, self.resample = kind, do_resize, size, resample
         self.do_rescale, self.rescale_factor = do_rescale, rescale_factor
         self.do_normalize, self.image_mean, self.image_std = do_normalize, image_mean, image_std
-        self.do_center_crop, self.crop_size, self.crop_pct, self.do_convert_rgb = do_center_crop, crop_size, crop_pct, do_convert_rgb
+        self.do_center_crop, self.crop_size, self.crop_pct, self.do_convert_rgb = (
+            do_center_crop,
+            crop_size,
+            crop_pct,
+            do_convert_rgb,
+        )
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "preprocessor_config.json", kind: str | None = None) -> "ImageProcessor":
+    def from_dict(
+        cls, data: dict[str, Any], source: str = "preprocessor_config.json", kind: str | None = None
+    ) -> ImageProcessor:
         """Build from a preprocessor config dict; fields are checked, errors name the field."""
         type_name = data.get("image_processor_type") or data.get("feature_extractor_type")
         if kind is None:
             if type_name not in PROCESSOR_KINDS:
-                raise ValueError(f"{source}: image processor {type_name!r} not supported (supported: {', '.join(PROCESSOR_KINDS)})")
+                raise ValueError(
+                    f"{source}: image processor {type_name!r} not supported (supported: {', '.join(PROCESSOR_KINDS)})"
+                )
             kind = PROCESSOR_KINDS[type_name]
         values = {**COMMON_DEFAULTS, **DEFAULTS[kind]}
         values.update({k: v for k, v in data.items() if k in values and v is not None})
@@ -95,24 +133,46 @@ class ImageProcessor:
             if not isinstance(values[field], bool):
                 raise ValueError(f"{source}: field {field!r} must be bool, got {values[field]!r}")
         if values["resample"] not in RESAMPLE_MODES or isinstance(values["resample"], bool):
-            raise ValueError(f"{source}: field 'resample' must be one of {sorted(RESAMPLE_MODES)} "
-                             f"(nearest, bilinear, bicubic), got {values['resample']!r}")
+            raise ValueError(
+                f"{source}: field 'resample' must be one of {sorted(RESAMPLE_MODES)} "
+                f"(nearest, bilinear, bicubic), got {values['resample']!r}"
+            )
         size = _size_dict(values["size"], "size", source, default_to_square=kind != "convnext")
         if kind == "convnext" and "shortest_edge" not in size:
             raise ValueError(f"{source}: field 'size' must have 'shortest_edge' for ConvNeXt, got {values['size']!r}")
-        crop_size = _size_dict(values["crop_size"], "crop_size", source, True) if values["crop_size"] is not None else None
+        crop_size = (
+            _size_dict(values["crop_size"], "crop_size", source, True) if values["crop_size"] is not None else None
+        )
         if values["do_center_crop"] and (crop_size is None or "height" not in crop_size):
-            raise ValueError(f"{source}: field 'crop_size' must be {{'height', 'width'}} when do_center_crop is true, "
-                             f"got {values['crop_size']!r}")
+            raise ValueError(
+                f"{source}: field 'crop_size' must be {{'height', 'width'}} when do_center_crop is true, "
+                f"got {values['crop_size']!r}"
+            )
         rescale_factor = _floats(values["rescale_factor"], "rescale_factor", source)
         crop_pct = _floats(values["crop_pct"], "crop_pct", source)[0] if kind == "convnext" else None
         if len(rescale_factor) != 1 or rescale_factor[0] == 0 or (crop_pct is not None and crop_pct <= 0):
             raise ValueError(f"{source}: fields 'rescale_factor' and 'crop_pct' must be one non-zero positive number")
-        mean, std = _floats(values["image_mean"], "image_mean", source), _floats(values["image_std"], "image_std", source)
+        mean, std = (
+            _floats(values["image_mean"], "image_mean", source),
+            _floats(values["image_std"], "image_std", source),
+        )
         if 0.0 in std:
             raise ValueError(f"{source}: field 'image_std' must be non-zero, got {values['image_std']!r}")
-        return cls(kind, values["do_resize"], size, values["resample"], values["do_rescale"], rescale_factor[0],
-                   values["do_normalize"], mean, std, values["do_center_crop"], crop_size, crop_pct, values["do_convert_rgb"])  # fmt: skip
+        return cls(
+            kind,
+            values["do_resize"],
+            size,
+            values["resample"],
+            values["do_rescale"],
+            rescale_factor[0],
+            values["do_normalize"],
+            mean,
+            std,
+            values["do_center_crop"],
+            crop_size,
+            crop_pct,
+            values["do_convert_rgb"],
+        )
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -127,11 +187,17 @@ class ImageProcessor:
         # PIL's two-pass fixed-point filter, whose clamped intermediate differs from a float
         # resize by up to ~20 levels near bicubic overshoot), otherwise in float32 and cast back.
         native = image.dtype in (torch.float32, torch.float64) or (
-            image.dtype == torch.uint8 and (mode == "nearest" or image.device.type == "cpu"))  # fmt: skip
+            image.dtype == torch.uint8 and (mode == "nearest" or image.device.type == "cpu")
+        )
         x = image if native else image.float()
         antialias = mode != "nearest"
-        out = F.interpolate(x[None], size=(height, width), mode=mode, align_corners=None if mode == "nearest" else False,
-                            antialias=antialias)[0]  # fmt: skip
+        out = F.interpolate(
+            x[None],
+            size=(height, width),
+            mode=mode,
+            align_corners=None if mode == "nearest" else False,
+            antialias=antialias,
+        )[0]
         if not image.is_floating_point() and not native:
             # Integer images cast back: bicubic overshoot clamped, values rounded.
             info = torch.iinfo(image.dtype)
@@ -169,7 +235,10 @@ class ImageProcessor:
 
     def _rescale_and_normalize(self, image: torch.Tensor) -> torch.Tensor:
         if self.do_normalize:
-            mean, std = torch.tensor(self.image_mean, device=image.device), torch.tensor(self.image_std, device=image.device)
+            mean, std = (
+                torch.tensor(self.image_mean, device=image.device),
+                torch.tensor(self.image_std, device=image.device),
+            )
             if self.do_rescale:
                 # Fused as transformers does: (x - mean / r) / (std / r) == (x * r - mean) / std.
                 mean, std = mean * (1.0 / self.rescale_factor), std * (1.0 / self.rescale_factor)
@@ -185,8 +254,13 @@ class ImageProcessor:
             image = self._center_crop(image, self.crop_size["height"], self.crop_size["width"])
         return self._rescale_and_normalize(image)
 
-    def __call__(self, images, return_tensors: str | None = "pt", device: torch.device | str | None = None) -> BatchFeature:
-        """images -> BatchFeature({"pixel_values": (B, C, H, W) float32}) (a list of (C, H, W) if return_tensors=None)."""
+    def __call__(
+        self, images, return_tensors: str | None = "pt", device: torch.device | str | None = None
+    ) -> BatchFeature:
+        """images -> BatchFeature({"pixel_values": (B, C, H, W) float32}).
+
+        With return_tensors=None, pixel_values is a list of (C, H, W) tensors instead.
+        """
         if return_tensors not in ("pt", None):
             raise ValueError(f"return_tensors: expected 'pt' or None, got {return_tensors!r}")
         tensors = _as_chw_list(images, "images")
@@ -197,7 +271,10 @@ class ImageProcessor:
             return BatchFeature(pixel_values=processed)
         shapes = {tuple(p.shape) for p in processed}
         if len(shapes) > 1:
-            raise ValueError(f"images: processed images differ in shape {sorted(shapes)}; enable do_resize or pass return_tensors=None")
+            raise ValueError(
+                f"images: processed images differ in shape {sorted(shapes)}; enable do_resize or pass "
+                "return_tensors=None"
+            )
         return BatchFeature(pixel_values=torch.stack(processed))
 
     preprocess = __call__
@@ -212,7 +289,9 @@ def _channels_first(image: torch.Tensor, name: str) -> torch.Tensor:
             return image
         if image.shape[-1] in (1, 3, 4):
             return image.permute(2, 0, 1)
-    raise ValueError(f"{name}: expected an image (C, H, W) or (H, W, C) with 1, 3 or 4 channels, got shape {tuple(image.shape)}")
+    raise ValueError(
+        f"{name}: expected an image (C, H, W) or (H, W, C) with 1, 3 or 4 channels, got shape {tuple(image.shape)}"
+    )
 
 
 def _as_chw_list(images, name: str) -> list[torch.Tensor]:
@@ -227,7 +306,9 @@ def _as_chw_list(images, name: str) -> list[torch.Tensor]:
     if type(images).__module__ == "numpy":
         images = torch.from_numpy(images.copy())
     if not isinstance(images, torch.Tensor):
-        raise ValueError(f"{name}: expected a torch tensor, numpy array, PIL image or a list of them, got {type(images).__name__}")
+        raise ValueError(
+            f"{name}: expected a torch tensor, numpy array, PIL image or a list of them, got {type(images).__name__}"
+        )
     if images.dim() == 4:
         return [_channels_first(t, f"{name}[{i}]") for i, t in enumerate(images.unbind(0))]
     return [_channels_first(images, name)]
@@ -238,12 +319,17 @@ class AutoImageProcessor:
         raise TypeError("AutoImageProcessor is a factory: use AutoImageProcessor.from_pretrained(...)")
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, revision: str | None = None,
-                        cache_dir: str | os.PathLike | None = None, local_files_only: bool = False,
-                        token: str | bool | None = None) -> ImageProcessor:  # fmt: skip
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+    ) -> ImageProcessor:
         """Read preprocessor_config.json of a Hub repo id or a local folder."""
-        folder = resolve_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir,
-                                    local_files_only=local_files_only, token=token)  # fmt: skip
+        hub = {"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
+        folder = resolve_checkpoint(name_or_path, **hub)
         path = folder / "preprocessor_config.json"
         if not path.is_file():
             raise OSError(f"{name_or_path}: no preprocessor_config.json (the checkpoint has no image processor)")

@@ -3,8 +3,8 @@
 The Rust `tokenizers` library does the work (tokenizer.json: normalizer, pre-tokenizer, model,
 post-processor, decoder); this file adds what transformers layers on top and a user can see:
 special tokens from tokenizer_config.json / special_tokens_map.json, padding and truncation
-arguments, `BatchEncoding`, chat templates rendered with sandboxed Jinja exactly as transformers
-renders them, and an incremental detokenizer for streaming generation.
+arguments, `BatchEncoding`, and chat templates rendered with sandboxed Jinja exactly as transformers
+renders them. fastx.processing.auto_tokenizer builds one from a checkpoint's files.
 
 Semantics follow transformers v5 `TokenizersBackend` (names, defaults, which keys come back), with
 one deliberate difference: `apply_chat_template(tokenize=True)` returns the token ids unless
@@ -13,37 +13,20 @@ one deliberate difference: `apply_chat_template(tokenize=True)` returns the toke
 
 from __future__ import annotations
 
-import json
-import os
 import threading
-from pathlib import Path
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from tokenizers import AddedToken, processors
 from tokenizers import Tokenizer as _Backend
 
-from fastx.chat_template import _alias_reasoning, _compile_template, _plain
-from fastx.hub import resolve_checkpoint
+from fastx.processing.chat_template import _alias_reasoning, _compile_template, _plain
 
 # transformers' "no limit" model_max_length, and the bound above which it is treated as unset.
 VERY_LARGE_INTEGER = int(1e30)
 LARGE_INTEGER = int(1e20)
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 TRUNCATION_STRATEGIES = ("longest_first", "only_first", "only_second")
-# Tokenizer classes (and model types whose default tokenizer is one of them) that return
-# token_type_ids by default: transformers' `model_input_names` of BertTokenizer and kin.
-_TOKEN_TYPE_CLASSES = {
-    "BertTokenizer", "ConvBertTokenizer", "ElectraTokenizer", "LayoutLMTokenizer", "MobileBertTokenizer",
-    "SqueezeBertTokenizer", "DebertaTokenizer", "DebertaV2Tokenizer", "FNetTokenizer", "MarkupLMTokenizer",
-    "CanineTokenizer", "TapasTokenizer",
-}  # fmt: skip
-_TOKEN_TYPE_MODEL_TYPES = {
-    "bert", "distilbert", "electra", "layoutlm", "squeezebert", "convbert", "megatron-bert", "nomic_bert",
-    "ernie", "mobilebert", "deberta", "deberta-v2",
-}  # fmt: skip
-# vocab.txt-only repos are built as BERT WordPiece only for these tokenizer classes (or none named).
-_WORDPIECE_CLASSES = {"BertTokenizer", "DistilBertTokenizer", "ElectraTokenizer", "ConvBertTokenizer",
-                      "LayoutLMTokenizer", "MobileBertTokenizer", "SqueezeBertTokenizer"}  # fmt: skip
 
 
 class BatchEncoding(dict):
@@ -55,31 +38,12 @@ class BatchEncoding(dict):
         except KeyError:
             raise AttributeError(key) from None
 
-    def to(self, device) -> "BatchEncoding":
+    def to(self, device) -> BatchEncoding:
         """Move every tensor value to `device` (lists are left alone); returns self."""
         for key, value in self.items():
             if hasattr(value, "to"):
                 self[key] = value.to(device)
         return self
-
-
-def _token_content(value: Any) -> str | None:
-    """A special token given as a string or as an AddedToken dict {"content": ...}."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, Mapping) and isinstance(value.get("content"), str):
-        return value["content"]
-    raise ValueError(f"special token: expected a string or a {{'content': ...}} dict, got {value!r}")
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path.name}: expected a JSON object, got {type(data).__name__}")
-    return data
 
 
 class Tokenizer:
@@ -232,10 +196,12 @@ class Tokenizer:
                     self._backend.enable_truncation(max_length, strategy=strategy, direction=self.truncation_side)
                 if pad_to:
                     self._backend.enable_padding(
-                        direction=padding_side or self.padding_side, pad_id=self.pad_token_id,
-                        pad_token=self.pad_token, length=max_length if pad_to == "max_length" else None,
+                        direction=padding_side or self.padding_side,
+                        pad_id=self.pad_token_id,
+                        pad_token=self.pad_token,
+                        length=max_length if pad_to == "max_length" else None,
                         pad_to_multiple_of=pad_to_multiple_of,
-                    )  # fmt: skip
+                    )
                 encodings = self._backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
             finally:
                 self._backend.no_padding()
@@ -369,22 +335,41 @@ class Tokenizer:
         for chat in conversations:
             # Drop None values (OpenAI-style content=None) as transformers does: templates handle a missing key.
             chat = _plain([{k: v for k, v in m.items() if v is not None} for m in chat])
-            rendered.append(compiled.render(
-                messages=_alias_reasoning(chat), tools=_plain(tools), documents=_plain(documents),
-                add_generation_prompt=add_generation_prompt, **variables,
-            ))  # fmt: skip
+            rendered.append(
+                compiled.render(
+                    messages=_alias_reasoning(chat),
+                    tools=_plain(tools),
+                    documents=_plain(documents),
+                    add_generation_prompt=add_generation_prompt,
+                    **variables,
+                )
+            )
         if not tokenize:
             return rendered if batched else rendered[0]
         out = self(
-            rendered if batched else rendered[0], padding=padding, truncation=truncation, max_length=max_length,
-            add_special_tokens=False, return_tensors=return_tensors,
-        )  # fmt: skip
+            rendered if batched else rendered[0],
+            padding=padding,
+            truncation=truncation,
+            max_length=max_length,
+            add_special_tokens=False,
+            return_tensors=return_tensors,
+        )
         return out if return_dict else out["input_ids"]
 
 
 def _clean_up_tokenization(text: str) -> str:
-    for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
-                          (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):  # fmt: skip
+    for before, after in (
+        (" .", "."),
+        (" ?", "?"),
+        (" !", "!"),
+        (" ,", ","),
+        (" ' ", "'"),
+        (" n't", "n't"),
+        (" 'm", "'m"),
+        (" 's", "'s"),
+        (" 've", "'ve"),
+        (" 're", "'re"),
+    ):
         text = text.replace(before, after)
     return text
 
@@ -403,130 +388,3 @@ def _as_tensor(rows: list[list[int]], key: str, return_tensors: str):
 
         return np.array(rows, dtype=np.int64)
     raise ValueError(f"return_tensors: expected None, 'pt' or 'np', got {return_tensors!r}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading
-# ---------------------------------------------------------------------------------------------
-class AutoTokenizer:
-    """`AutoTokenizer.from_pretrained("sentence-transformers/all-MiniLM-L6-v2")` -> Tokenizer."""
-
-    @staticmethod
-    def from_pretrained(
-        name_or_path: str | os.PathLike,
-        revision: str | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        local_files_only: bool = False,
-        token: str | bool | None = None,
-        gguf_file: str | os.PathLike | None = None,
-    ) -> Tokenizer:
-        from fastx.gguf import load_gguf_tokenizer, resolve_gguf_file
-
-        # A GGUF file (a .gguf path, or gguf_file=name in a folder / repo) carries its own vocabulary.
-        gguf_path = resolve_gguf_file(name_or_path, gguf_file, revision=revision, cache_dir=cache_dir,
-                                      local_files_only=local_files_only, token=token)  # fmt: skip
-        if gguf_path is not None:
-            return load_gguf_tokenizer(gguf_path, name_or_path=str(name_or_path))
-        folder = resolve_checkpoint(
-            name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
-        )
-        return load_tokenizer(folder, name_or_path=str(name_or_path))
-
-
-def load_tokenizer(folder: str | os.PathLike, name_or_path: str | None = None) -> Tokenizer:
-    """Build a Tokenizer from a local folder (tokenizer.json + tokenizer_config.json + special_tokens_map.json)."""
-    folder = Path(folder)
-    config = _read_json(folder / "tokenizer_config.json")
-    special_map = _read_json(folder / "special_tokens_map.json")
-    tokenizer_class = str(config.get("tokenizer_class") or "").removesuffix("Fast")
-    if (folder / "tokenizer.json").is_file():
-        backend = _Backend.from_file(str(folder / "tokenizer.json"))
-    elif (folder / "vocab.txt").is_file() and (not tokenizer_class or tokenizer_class in _WORDPIECE_CLASSES):
-        backend = _bert_wordpiece(folder / "vocab.txt", config)
-    else:
-        raise OSError(
-            f"{folder}: no tokenizer.json; fastx builds tokenizers from tokenizer.json only (vocab.txt-only BERT "
-            "repos excepted). Convert once with transformers: AutoTokenizer.from_pretrained(path).save_pretrained(path)"
-        )
-
-    # Special tokens: tokenizer_config.json, overridden by special_tokens_map.json as transformers does for
-    # configs without `added_tokens_decoder` (newer saves keep everything in tokenizer_config.json).
-    special: dict[str, str | None] = {}
-    for key, value in config.items():
-        if key.endswith("_token") and (value is None or isinstance(value, (str, Mapping))):
-            special[key] = _token_content(value)
-    for key, value in special_map.items():
-        if key.endswith("_token") and ("added_tokens_decoder" not in config or special.get(key) is None):
-            special[key] = _token_content(value)
-    extra: list[str] = []
-    for source in (config, special_map):
-        for key in ("extra_special_tokens", "additional_special_tokens"):
-            value = source.get(key)
-            if isinstance(value, Mapping):  # named model-specific tokens (image_token, ...)
-                special.update({k: _token_content(v) for k, v in value.items()})
-            elif isinstance(value, (list, tuple)):
-                extra += [_token_content(v) for v in value]
-    padding, truncation = backend.padding, backend.truncation  # tokenizer.json defaults transformers keeps
-    if special.get("pad_token") is None and padding:
-        special["pad_token"] = padding.get("pad_token")
-
-    model_max_length = config.get("model_max_length", config.get("max_len"))
-    if model_max_length is not None and not isinstance(model_max_length, (int, float)):
-        raise ValueError(f"tokenizer_config.json: model_max_length: expected a number, got {model_max_length!r}")
-    return Tokenizer(
-        backend,
-        special_tokens=special,
-        extra_special_tokens=list(dict.fromkeys(extra)),
-        model_max_length=int(model_max_length) if model_max_length is not None else VERY_LARGE_INTEGER,
-        padding_side=config.get("padding_side") or (padding or {}).get("direction", "right").lower(),
-        truncation_side=config.get("truncation_side") or (truncation or {}).get("direction", "right").lower(),
-        chat_template=_chat_template(folder, config),
-        model_input_names=config.get("model_input_names") or _model_input_names(folder, tokenizer_class),
-        clean_up_tokenization_spaces=bool(config.get("clean_up_tokenization_spaces", False)),
-        name_or_path=name_or_path if name_or_path is not None else str(folder),
-    )
-
-
-def _chat_template(folder: Path, config: dict) -> str | dict[str, str] | None:
-    """tokenizer_config's chat_template (string or [{name, template}]); .jinja files take priority."""
-    templates: dict[str, str] = {}
-    if (folder / "chat_template.jinja").is_file():
-        templates["default"] = (folder / "chat_template.jinja").read_text(encoding="utf-8")
-    if (folder / "additional_chat_templates").is_dir():
-        for path in sorted((folder / "additional_chat_templates").glob("*.jinja")):
-            templates[path.stem] = path.read_text(encoding="utf-8")
-    if templates:
-        return templates["default"] if list(templates) == ["default"] else templates
-    template = config.get("chat_template")
-    if isinstance(template, (list, tuple)):
-        return {t["name"]: t["template"] for t in template}
-    if template is not None and not isinstance(template, str):
-        got = type(template).__name__
-        raise ValueError(f"tokenizer_config.json: chat_template: expected a string or a list, got {got}")
-    return template
-
-
-def _model_input_names(folder: Path, tokenizer_class: str) -> list[str]:
-    """transformers' per-class `model_input_names`: BERT-like tokenizers also return token_type_ids."""
-    if tokenizer_class:
-        uses_types = tokenizer_class in _TOKEN_TYPE_CLASSES
-    else:
-        uses_types = _read_json(folder / "config.json").get("model_type") in _TOKEN_TYPE_MODEL_TYPES
-    return ["input_ids", "token_type_ids", "attention_mask"] if uses_types else ["input_ids", "attention_mask"]
-
-
-def _bert_wordpiece(vocab: Path, config: dict) -> _Backend:
-    """A vocab.txt-only BERT repo: the WordPiece pipeline transformers' BertTokenizer builds."""
-    from tokenizers.implementations import BertWordPieceTokenizer
-
-    def token(name: str, default: str) -> str:
-        return _token_content(config.get(name)) or default
-
-    wordpiece = BertWordPieceTokenizer(
-        str(vocab),
-        unk_token=token("unk_token", "[UNK]"), sep_token=token("sep_token", "[SEP]"),
-        cls_token=token("cls_token", "[CLS]"), pad_token=token("pad_token", "[PAD]"),
-        mask_token=token("mask_token", "[MASK]"), lowercase=config.get("do_lower_case", True),
-        strip_accents=config.get("strip_accents"), handle_chinese_chars=config.get("tokenize_chinese_chars", True),
-    )  # fmt: skip
-    return wordpiece._tokenizer
