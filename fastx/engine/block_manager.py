@@ -35,10 +35,8 @@ class Block:
 
 class BlockManager:
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
-        if num_blocks < 1:
-            raise ValueError(f"num_blocks: expected at least 1, got {num_blocks}")
-        if block_size < 1:
-            raise ValueError(f"block_size: expected at least 1, got {block_size}")
+        # Built from a validated EngineConfig (or by tests): an assertion, not a user-facing check.
+        assert num_blocks >= 1 and block_size >= 1, (num_blocks, block_size)
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.blocks = [Block(i) for i in range(num_blocks)]
@@ -93,17 +91,21 @@ class BlockManager:
         fresh = self.blocks_needed(len(seq)) - len(hits)
         return fresh + revived <= self.num_free_blocks
 
-    def allocate(self, seq: Sequence) -> None:
-        """Give a waiting sequence blocks for all its tokens, reusing cached prefix blocks."""
+    def allocate(self, seq: Sequence) -> int:
+        """Give a waiting sequence blocks for all its tokens, reusing cached prefix blocks.
+
+        Returns how many leading tokens the cached blocks already hold. The caller (the scheduler,
+        the one writer of a sequence's progress) records them as computed.
+        """
         assert not seq.block_table, "sequence already holds blocks"
         hits = self._cache_hits(seq)
         for block_id in hits:
             seq.block_table.append(self._acquire(block_id))
         for _ in range(self.blocks_needed(len(seq)) - len(hits)):
             seq.block_table.append(self._allocate_fresh())
-        seq.num_cached_tokens = len(hits) * self.block_size
-        seq.num_computed_tokens = seq.num_cached_tokens
-        self.num_prefix_hits += seq.num_cached_tokens
+        cached = len(hits) * self.block_size
+        self.num_prefix_hits += cached
+        return cached
 
     def fork(self, parent: Sequence, child: Sequence) -> None:
         """The child shares every block of the parent (n samples of one prompt)."""
@@ -111,11 +113,12 @@ class BlockManager:
         for block_id in parent.block_table:
             self.blocks[block_id].ref_count += 1
         child.block_table = list(parent.block_table)
-        child.num_computed_tokens = parent.num_computed_tokens
-        child.num_cached_tokens = parent.num_cached_tokens
 
     def free_sequence(self, seq: Sequence) -> None:
-        """Release a finished, aborted or preempted sequence's blocks (tail first, so prefixes stay longest)."""
+        """Release a finished, aborted or preempted sequence's blocks (tail first, so prefixes stay longest).
+
+        The sequence's progress is the scheduler's to reset: its K/V is gone once the blocks are.
+        """
         for block_id in reversed(seq.block_table):
             block = self.blocks[block_id]
             block.ref_count -= 1
@@ -127,8 +130,6 @@ class BlockManager:
                 else:
                     self.free[block_id] = None  # cached content: evicted only after older entries
         seq.block_table = []
-        seq.num_computed_tokens = 0
-        seq.num_cached_tokens = 0
 
     # -- growth by one token per decode step -------------------------------------------------------
     def slot_needs(self, seq: Sequence) -> int:

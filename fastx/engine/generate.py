@@ -14,14 +14,6 @@ from fastx.engine.sampling_params import SamplingParams
 DEFAULT_MAX_LENGTH = 20  # transformers' GenerationConfig.max_length
 
 
-def _as_set(value) -> set[int]:
-    if value is None:
-        return set()
-    if isinstance(value, int):
-        return {value}
-    return {int(v) for v in value}
-
-
 @torch.inference_mode()
 def generate(
     model,
@@ -51,11 +43,6 @@ def generate(
         max_new_tokens = max((max_length or DEFAULT_MAX_LENGTH) - length, 0)
     if max_new_tokens == 0:
         return input_ids.clone()
-    config = model.config
-    eos = _as_set(eos_token_id if eos_token_id is not None else getattr(config, "eos_token_id", None))
-    if pad_token_id is None:
-        pad_token_id = getattr(config, "pad_token_id", None)
-        pad_token_id = pad_token_id if pad_token_id is not None else (min(eos) if eos else 0)
     params = SamplingParams(
         temperature=temperature if do_sample else 0.0,
         top_k=(top_k or -1) if do_sample else -1,
@@ -68,10 +55,18 @@ def generate(
     )
     mask = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
     prompts = [row[m].tolist() for row, m in zip(input_ids.cpu(), mask.cpu())]
-    max_model_len = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions")
     blocks = sum(-(-(len(p) + max_new_tokens) // block_size) for p in prompts)
-    engine = Engine(model, EngineConfig(block_size=block_size, num_kv_blocks=max(blocks, 1), max_num_seqs=batch,
-                                        seed=seed or 0), eos, max_model_len, config.vocab_size)  # fmt: skip
+    # Built as LLM builds it (eos ids, length and vocabulary read off the model); an explicit
+    # eos_token_id replaces the model's, as in transformers.
+    engine = Engine(
+        model,
+        EngineConfig(block_size=block_size, num_kv_blocks=max(blocks, 1), max_num_seqs=batch, seed=seed or 0),
+        eos_token_ids=eos_token_id,
+    )
+    eos = engine.eos_token_ids
+    if pad_token_id is None:
+        pad_token_id = getattr(model.config, "pad_token_id", None)
+        pad_token_id = pad_token_id if pad_token_id is not None else (min(eos) if eos else 0)
     ids = [engine.add_request(p, params) for p in prompts]
     while engine.has_unfinished():
         engine.step()
@@ -82,4 +77,3 @@ def generate(
     for row, tokens in enumerate(new):
         out[row, length : length + len(tokens)] = torch.tensor(tokens, dtype=input_ids.dtype)
     return out
-

@@ -45,16 +45,15 @@ def _completion(seq: Sequence) -> CompletionOutput:
     if logprobs is not None:
         chosen = seq.output_token_ids
         cumulative = float(sum(step[token] for step, token in zip(logprobs, chosen)))
-    return CompletionOutput(seq.sample_index, seq.output_text, list(seq.output_token_ids), cumulative, logprobs,
-                            seq.finish_reason, seq.stop_reason)  # fmt: skip
-
-
-def _max_model_len(config) -> int:
-    for name in ("max_position_embeddings", "n_positions"):
-        value = getattr(config, name, None)
-        if isinstance(value, int):
-            return value
-    raise ValueError(f"{type(config).__name__}: no max_position_embeddings / n_positions to bound sequence length")
+    return CompletionOutput(
+        seq.sample_index,
+        seq.output_text,
+        list(seq.output_token_ids),
+        cumulative,
+        logprobs,
+        seq.finish_reason,
+        seq.stop_reason,
+    )
 
 
 class LLM:
@@ -80,9 +79,22 @@ class LLM:
         """`pack_weights`: float32 CPU models only; adds a oneDNN-packed copy of every projection
         weight, so batches of 3 or more sequences and prefills run ~1.6x faster, for twice the
         projection weights' memory (fastx.ops.pack_linear_weights)."""
+        from fastx.checkpoints.gguf import read_gguf, resolve_gguf_file
         from fastx.models import AutoModelForCausalLM
         from fastx.ops.linear import pack_linear_weights
+        from fastx.processing.gguf_tokenizer import load_gguf_tokenizer
 
+        # Validated before the model loads: a bad knob fails in milliseconds, not after the weights.
+        engine_config = EngineConfig(
+            block_size=block_size,
+            num_kv_blocks=num_kv_blocks,
+            kv_cache_memory=kv_cache_memory,
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            enable_prefix_caching=enable_prefix_caching,
+            seed=seed,
+        )
+        gguf = None
         if isinstance(model, torch.nn.Module):
             self.model = model
             source = getattr(model, "name_or_path", None)
@@ -90,20 +102,22 @@ class LLM:
             source = model
             if device is None:
                 device = "cuda" if torch.cuda.is_available() else "cpu"
-            self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, device=device, revision=revision)
+            gguf_path = resolve_gguf_file(model)
+            if gguf_path is not None:  # parsed once: the model and its tokenizer come from the same header
+                gguf = read_gguf(gguf_path)
+                self.model = AutoModelForCausalLM.from_gguf(gguf, dtype=dtype, device=device)
+                self.model.name_or_path = str(model)
+            else:
+                self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, device=device, revision=revision)
         if pack_weights:
             pack_linear_weights(self.model)
-        self.tokenizer = None if skip_tokenizer_init else self._load_tokenizer(tokenizer or source, revision)
-        config = self.model.config
-        eos = self._eos_ids(config, source)
-        config_obj = EngineConfig(block_size, num_kv_blocks, kv_cache_memory, max_num_seqs, max_num_batched_tokens,
-                                  enable_prefix_caching, seed)  # fmt: skip
-        factory = None
-        if self.tokenizer is not None:
-            from fastx.detokenizer import IncrementalDetokenizer
-
-            factory = lambda prompt_ids, p: IncrementalDetokenizer(self.tokenizer, prompt_ids, p.skip_special_tokens)  # noqa: E731
-        self.engine = Engine(self.model, config_obj, eos, _max_model_len(config), config.vocab_size, factory)
+        if skip_tokenizer_init:
+            self.tokenizer = None
+        elif tokenizer is None and gguf is not None:
+            self.tokenizer = load_gguf_tokenizer(gguf, name_or_path=str(model))
+        else:
+            self.tokenizer = self._load_tokenizer(tokenizer or source, revision)
+        self.engine = Engine(self.model, engine_config, tokenizer=self.tokenizer)
 
     # -- setup -----------------------------------------------------------------------------------
     @staticmethod
@@ -112,8 +126,8 @@ class LLM:
             return None
         if not isinstance(source, (str, os.PathLike)):
             return source  # a tokenizer object
-        from fastx.hub import resolve_checkpoint
-        from fastx.tokenizer import AutoTokenizer
+        from fastx.checkpoints.hub import resolve_checkpoint
+        from fastx.processing import AutoTokenizer
 
         if str(source).endswith(".gguf"):
             return AutoTokenizer.from_pretrained(source)  # vocabulary, merges and chat template live in the GGUF
@@ -121,26 +135,6 @@ class LLM:
         if not (folder / "tokenizer.json").exists() and not (folder / "vocab.txt").exists():
             return None  # served from token ids only, as vLLM's skip_tokenizer_init
         return AutoTokenizer.from_pretrained(folder)
-
-    def _eos_ids(self, config, source) -> set[int]:
-        ids: set[int] = set()
-
-        def add(value):
-            if isinstance(value, int):
-                ids.add(value)
-            elif isinstance(value, (list, tuple)):
-                ids.update(v for v in value if isinstance(v, int))
-
-        add(getattr(config, "eos_token_id", None))
-        if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
-            path = os.path.join(source, "generation_config.json")
-            if os.path.exists(path):
-                from fastx.models.config import read_json
-
-                add(read_json(path).get("eos_token_id"))
-        if self.tokenizer is not None:
-            add(getattr(self.tokenizer, "eos_token_id", None))
-        return ids
 
     def get_tokenizer(self):
         return self.tokenizer
@@ -181,7 +175,7 @@ class LLM:
         return [(self.engine.add_request(ids, params), text, ids) for text, ids, params in items]
 
     def _output(self, request_id: int, text: str | None, ids: list[int], pop: bool = True) -> RequestOutput:
-        request = self.engine.pop_request(request_id) if pop else self.engine.requests[request_id]
+        request = self.engine.pop_request(request_id) if pop else self.engine.get_request(request_id)
         outputs = [_completion(s) for s in sorted(request.seqs, key=lambda s: s.sample_index)]
         cached = request.seqs[0].num_cached_tokens if request.seqs else 0
         return RequestOutput(str(request_id), text, ids, outputs, request.finished, cached)
@@ -199,15 +193,13 @@ class LLM:
             pending = {rid for rid, _, _ in added}
             while pending:
                 self.engine.step()
-                done = {rid for rid in pending if self.engine.requests[rid].finished}
+                done = {rid for rid in pending if self.engine.is_finished(rid)}
                 pending -= done
                 if progress is not None and done:
                     progress.update(len(done))
         except BaseException:
             for rid, _, _ in added:
-                if rid in self.engine.requests:
-                    self.engine.abort(rid)
-                    self.engine.pop_request(rid)
+                self.engine.discard_request(rid)
             raise
         finally:
             if progress is not None:
@@ -216,18 +208,27 @@ class LLM:
 
     def reset_prefix_cache(self) -> bool:
         """Forget cached prompt blocks not in use (vLLM's LLM.reset_prefix_cache); e.g. between benchmark rounds."""
-        self.engine.block_manager.reset_prefix_cache()
+        self.engine.reset_prefix_cache()
         return True
 
-    def chat(self, messages, sampling_params=None, use_tqdm: bool = True, add_generation_prompt: bool = True,
-             chat_template: str | None = None) -> list[RequestOutput]:  # fmt: skip
+    def chat(
+        self,
+        messages,
+        sampling_params=None,
+        use_tqdm: bool = True,
+        add_generation_prompt: bool = True,
+        chat_template: str | None = None,
+    ) -> list[RequestOutput]:
         """One conversation (a list of {"role", "content"}) or a list of them, through the chat template."""
         if self.tokenizer is None:
             raise ValueError("chat: needs a tokenizer with a chat template; this model has no tokenizer")
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
         prompts = [
-            {"prompt_token_ids": self.tokenizer.apply_chat_template(c, tokenize=True, add_generation_prompt=add_generation_prompt,
-                                                                    chat_template=chat_template)}  # fmt: skip
+            {
+                "prompt_token_ids": self.tokenizer.apply_chat_template(
+                    c, tokenize=True, add_generation_prompt=add_generation_prompt, chat_template=chat_template
+                )
+            }
             for c in conversations
         ]
         return self.generate(prompts, sampling_params, use_tqdm)
@@ -245,7 +246,7 @@ class LLM:
         emitted = 0
         try:
             while True:
-                request = self.engine.requests[request_id]
+                request = self.engine.get_request(request_id)
                 seq = request.seqs[0]
                 if request.finished:
                     if len(seq.output_text) > emitted:
@@ -257,6 +258,4 @@ class LLM:
                     yield seq.output_text[emitted:safe]
                     emitted = safe
         finally:
-            if request_id in self.engine.requests:
-                self.engine.abort(request_id)
-                self.engine.pop_request(request_id)
+            self.engine.discard_request(request_id)

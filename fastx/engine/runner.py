@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 
 from fastx.engine.scheduler import ScheduledBatch
-from fastx.engine.sequence import Sequence
 from fastx.models.attention import AttentionMetadata
 
 
@@ -25,12 +24,15 @@ class ModelRunner:
         self.device = model.device
         shape = (num_blocks, block_size, model.num_kv_heads, model.head_dim)  # (N, P, K, D) per layer
         self.kv_caches = [
-            (torch.zeros(shape, dtype=model.dtype, device=self.device), torch.zeros(shape, dtype=model.dtype, device=self.device))
+            (
+                torch.zeros(shape, dtype=model.dtype, device=self.device),
+                torch.zeros(shape, dtype=model.dtype, device=self.device),
+            )
             for _ in range(model.num_layers)
         ]
 
-    def _metadata(self, batch: ScheduledBatch) -> tuple[torch.Tensor, AttentionMetadata, list[int]]:
-        ids, positions, slots, q_lens, k_lens, contexts, sample_rows = [], [], [], [0], [0], [], []
+    def _metadata(self, batch: ScheduledBatch) -> tuple[torch.Tensor, AttentionMetadata]:
+        ids, positions, slots, q_lens, k_lens, contexts = [], [], [], [0], [0], []
         for seq, n in zip(batch.seqs, batch.num_tokens):
             start = seq.num_computed_tokens
             span = range(start, start + n)
@@ -40,8 +42,6 @@ class ModelRunner:
             q_lens.append(q_lens[-1] + n)
             contexts.append(start + n)
             k_lens.append(k_lens[-1] + start + n)
-            if start + n == len(seq):  # the step reaches the sequence's last token: it samples
-                sample_rows.append(q_lens[-1] - 1)
         width = max(len(s.block_table) for s in batch.seqs)
         tables = [s.block_table + [0] * (width - len(s.block_table)) for s in batch.seqs]
         dev = self.device
@@ -56,7 +56,7 @@ class ModelRunner:
             context_lens=torch.tensor(contexts, dtype=torch.int32, device=dev),
             is_decode=batch.is_decode,
         )
-        return torch.tensor(ids, dtype=torch.long, device=dev), meta, sample_rows
+        return torch.tensor(ids, dtype=torch.long, device=dev), meta
 
     def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
         """Copy-on-write: duplicate shared blocks before a sequence writes into its copy."""
@@ -69,13 +69,16 @@ class ModelRunner:
             v_cache[dst] = v_cache[src]
 
     @torch.inference_mode()
-    def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:
-        """Compute the step; return the sequences that sample and their logits (N, V)."""
+    def run(self, batch: ScheduledBatch) -> torch.Tensor:
+        """Compute the step; return logits (N, V), one row per `batch.draws`.
+
+        Reads the sequences and writes only the KV cache: their progress is the scheduler's to advance.
+        """
         self.copy_blocks(batch.block_copies)
-        input_ids, meta, sample_rows = self._metadata(batch)
+        input_ids, meta = self._metadata(batch)
         hidden = self.model.forward_packed(input_ids, meta, self.kv_caches)  # (T, E)
-        for seq, n in zip(batch.seqs, batch.num_tokens):
-            seq.num_computed_tokens += n
-        sampling = [s for s in batch.seqs if s.num_computed_tokens == len(s)]  # reached their last token
-        logits = self.model.compute_logits(hidden[sample_rows]) if sample_rows else hidden.new_empty(0, 0)
-        return sampling, logits
+        if not batch.sample_rows:
+            return hidden.new_empty(0, 0)
+        logits = self.model.compute_logits(hidden[batch.sample_rows])
+        # The head runs once per distinct row: fork children reuse their parent's logits as they are.
+        return logits[batch.draw_rows] if batch.forks else logits

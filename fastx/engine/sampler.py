@@ -49,7 +49,9 @@ def _mask_until_min_tokens(logits: torch.Tensor, seqs: list[Sequence], eos_token
                 logits[row, banned] = float("-inf")
 
 
-def sample(logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: set[int], generator: torch.Generator) -> SampleResult:
+def sample(
+    logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: set[int], generator: torch.Generator
+) -> SampleResult:
     """logits (N, V) for the N sequences -> one token each."""
     logits = logits.float()
     vocab = logits.shape[1]

@@ -1,13 +1,25 @@
-"""A sequence being generated: its tokens, its KV blocks, where it stands."""
+"""A sequence being generated: its tokens, its KV blocks, where it stands.
+
+Who writes what, so each piece of state has one writer:
+- the scheduler: status, num_computed_tokens, num_cached_tokens, token_ids (appends), logprobs,
+  output_text, finish_reason, stop_reason (Scheduler.postprocess after each step; admission,
+  preemption, fork and finish);
+- the block manager: block_table and block_hashes (its view of where the K/V lives);
+- the runner only reads.
+"""
 
 from __future__ import annotations
 
 import enum
 import itertools
+from typing import TYPE_CHECKING
 
 import torch
 
 from fastx.engine.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from fastx.processing.detokenizer import IncrementalDetokenizer
 
 _ids = itertools.count()
 
@@ -21,8 +33,16 @@ class SequenceStatus(enum.Enum):
 class Sequence:
     """One sample of one request. The n samples of a request are n Sequences sharing prompt blocks."""
 
-    def __init__(self, request_id: int, sample_index: int, prompt_token_ids: list[int], params: SamplingParams,
-                 arrival: int, generator: torch.Generator | None):  # fmt: skip
+    def __init__(
+        self,
+        request_id: int,
+        sample_index: int,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        arrival: int,
+        generator: torch.Generator | None,
+        detokenizer: IncrementalDetokenizer | None = None,
+    ):
         self.seq_id = next(_ids)
         self.request_id = request_id
         self.sample_index = sample_index
@@ -40,6 +60,7 @@ class Sequence:
         self.stop_reason: int | str | None = None
         self.logprobs: list[dict[int, float]] = []
         self.output_text = ""
+        self.detokenizer = detokenizer  # this sample's text so far; None when the engine has no tokenizer
 
     def __len__(self) -> int:
         return len(self.token_ids)

@@ -16,7 +16,7 @@ def _seq(tokens, request_id=0):
 
 
 def _compute_all(bm, seq):
-    """What the runner does after a prefill: every token now has K/V."""
+    """What the scheduler's postprocess records after a prefill: every token now has K/V."""
     seq.num_computed_tokens = len(seq)
     bm.register_full_blocks(seq, len(seq))
 
@@ -27,11 +27,10 @@ def test_prefix_blocks_are_shared_and_one_token_is_always_recomputed():
     bm.allocate(a)
     _compute_all(bm, a)
     b = _seq(list(range(8)) + [99, 98])  # shares two full blocks
-    bm.allocate(b)
-    assert b.block_table[:2] == a.block_table[:2] and b.num_cached_tokens == 8
+    assert bm.allocate(b) == 8  # tokens the cached blocks already hold
+    assert b.block_table[:2] == a.block_table[:2]
     c = _seq(list(range(8)))  # prompt of exactly two blocks: the last block is recomputed
-    bm.allocate(c)
-    assert c.num_cached_tokens == 4 and c.block_table[0] == a.block_table[0]
+    assert bm.allocate(c) == 4 and c.block_table[0] == a.block_table[0]
     assert bm.blocks[a.block_table[0]].ref_count == 3
 
 
@@ -44,8 +43,8 @@ def test_freed_cached_blocks_are_revived_and_evicted_least_recently_used_first()
     bm.free_sequence(a)
     assert bm.num_free_blocks == 4
     again = _seq([1, 2, 3, 4, 7])
-    bm.allocate(again)
-    assert again.block_table[:2] == first_blocks[:2] and again.num_cached_tokens == 4
+    assert bm.allocate(again) == 4
+    assert again.block_table[:2] == first_blocks[:2]
     bm.free_sequence(again)
     other = _seq([9] * 8)  # needs all 4 blocks: evicts the cached prefix
     bm.allocate(other)
@@ -61,11 +60,9 @@ def test_reset_prefix_cache_forgets_free_blocks_and_keeps_live_ones():
     bm.free_sequence(done)
     assert bm.reset_prefix_cache() == 2  # done's two full blocks
     again = _seq([1, 2, 3, 4, 6])
-    bm.allocate(again)
-    assert again.num_cached_tokens == 0  # computed anew
+    assert bm.allocate(again) == 0  # computed anew
     shared = _seq([7, 8, 9, 10, 0])
-    bm.allocate(shared)
-    assert shared.num_cached_tokens == 4  # the running sequence's blocks are still shared
+    assert bm.allocate(shared) == 4  # the running sequence's blocks are still shared
 
 
 def test_fork_then_append_copies_the_shared_partial_block():
@@ -103,7 +100,8 @@ class BlockManagerMachine(RuleBasedStateMachine):
     def allocate(self, tokens):
         seq = _seq(tokens)
         if self.bm.can_allocate(seq):
-            self.bm.allocate(seq)
+            cached = self.bm.allocate(seq)
+            assert cached % self.bm.block_size == 0 and cached < len(seq)  # one token is always computed
             _compute_all(self.bm, seq)
             seq.num_computed_tokens = len(seq) - 1 if len(seq) else 0
             self.live.append(seq)
@@ -126,6 +124,7 @@ class BlockManagerMachine(RuleBasedStateMachine):
         parent = data.draw(st.sampled_from(self.live))
         child = _seq(list(parent.token_ids))
         self.bm.fork(parent, child)
+        child.num_computed_tokens = parent.num_computed_tokens  # as the scheduler records a fork
         self.live.append(child)
 
     @precondition(lambda self: self.live)

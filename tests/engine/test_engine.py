@@ -18,8 +18,15 @@ def _tiny(kind, folder):
         config = transformers.GPT2Config(vocab_size=101, n_embd=80, n_head=5, n_layer=3, n_inner=200, n_positions=160)
         model = transformers.GPT2LMHeadModel(config)
     else:  # Llama with GQA (6 query heads over 2 kv heads)
-        config = transformers.LlamaConfig(vocab_size=101, hidden_size=96, num_attention_heads=6, num_key_value_heads=2,
-                                          intermediate_size=200, num_hidden_layers=3, max_position_embeddings=160)  # fmt: skip
+        config = transformers.LlamaConfig(
+            vocab_size=101,
+            hidden_size=96,
+            num_attention_heads=6,
+            num_key_value_heads=2,
+            intermediate_size=200,
+            num_hidden_layers=3,
+            max_position_embeddings=160,
+        )
         model = transformers.LlamaForCausalLM(config)
     model.eval().save_pretrained(folder)
     return model
@@ -33,7 +40,9 @@ def tiny(request, tmp_path_factory):
 
 def _reference(model, prompt, n):
     with torch.no_grad():
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
+        out = model.generate(
+            torch.tensor([prompt]), max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0
+        )
     return out[0, len(prompt) :].tolist()
 
 
@@ -82,9 +91,11 @@ def test_prefix_caching_gives_the_same_output_and_computes_fewer_tokens(tiny):
     # Same step: the second prompt reads the two blocks the first one writes in that step.
     assert on.engine.num_prefill_tokens == 42 + (41 - 32)
     before = on.engine.num_prefill_tokens
-    assert _ids(on.generate(prompts, params, use_tqdm=False)) == expected
+    again = on.generate(prompts, params, use_tqdm=False)
+    assert _ids(again) == expected
     # Next run: both find the shared blocks cached; the first prompt's third block was never full.
     assert on.engine.num_prefill_tokens - before == (42 - 32) + (41 - 32)
+    assert [o.num_cached_tokens for o in again] == [32, 32]  # reported, as vLLM's RequestOutput does
 
 
 def test_same_step_sharing_survives_chunked_prefill(tiny):
@@ -93,7 +104,9 @@ def test_same_step_sharing_survives_chunked_prefill(tiny):
     shared = list(range(30, 70))
     prompts = [shared + [1, 2], shared + [3], shared[:20] + [5]]
     params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
-    expected = _ids(LLM(folder, num_kv_blocks=64, enable_prefix_caching=False).generate(prompts, params, use_tqdm=False))
+    expected = _ids(
+        LLM(folder, num_kv_blocks=64, enable_prefix_caching=False).generate(prompts, params, use_tqdm=False)
+    )
     chunked = LLM(folder, num_kv_blocks=64, block_size=8, max_num_batched_tokens=12)
     assert _ids(chunked.generate(prompts, params, use_tqdm=False)) == expected
     assert chunked.engine.num_prefill_tokens < 42 + 41 + 21
@@ -125,6 +138,75 @@ def test_a_failed_step_unpublishes_its_blocks_and_the_engine_recovers(tiny):
     while engine.has_unfinished():
         engine.step()
     assert [engine.pop_request(r).seqs[0].output_token_ids for r in list(engine.requests)] == expected
+
+
+def test_only_postprocess_moves_progress_through_chunks_forks_and_decodes(tiny):
+    """The runner computes and reads; every step's progress is committed by the scheduler's postprocess."""
+    _, folder = tiny
+    llm = LLM(folder, num_kv_blocks=64, block_size=8, max_num_batched_tokens=16)
+    engine = llm.engine
+    params = SamplingParams(n=2, temperature=1.0, max_tokens=5, seed=1, ignore_eos=True)
+    for prompt in PROMPTS:
+        engine.add_request(prompt, params)
+    run, postprocess = engine.runner.run, engine.scheduler.postprocess
+
+    def checked_run(batch):
+        before = [s.num_computed_tokens for s in batch.seqs]
+        logits = run(batch)
+        assert [s.num_computed_tokens for s in batch.seqs] == before  # the runner wrote no progress
+        assert logits.shape[0] == len(batch.draws)
+        return logits
+
+    def checked_postprocess(batch, tokens, logprobs):
+        before = [s.num_computed_tokens for s in batch.seqs]
+        changed = postprocess(batch, tokens, logprobs)
+        for seq, n, start in zip(batch.seqs, batch.num_tokens, before):
+            assert seq.is_finished or seq.num_computed_tokens == start + n
+        for _, children in batch.forks:
+            assert all(c.num_computed_tokens == c.num_prompt_tokens for c in children)
+        return changed
+
+    engine.runner.run, engine.scheduler.postprocess = checked_run, checked_postprocess
+    steps = 0
+    while engine.has_unfinished():
+        engine.step()
+        steps += 1
+        for seq in engine.scheduler.running:
+            assert 1 <= len(seq) - seq.num_computed_tokens  # the newest token always awaits its K/V
+            assert seq.num_output_tokens == 0 or len(seq) - seq.num_computed_tokens == 1
+            assert len(seq.block_table) * 8 >= seq.num_computed_tokens
+        assert all(s.num_computed_tokens == 0 for s in engine.scheduler.waiting)
+    assert engine.scheduler.num_preemptions == 0 and steps > len(PROMPTS)  # chunked prefill took extra steps
+    for rid in list(engine.requests):
+        request = engine.pop_request(rid)
+        assert [len(s.output_token_ids) for s in request.seqs] == [5, 5]
+        assert all(s.num_computed_tokens == 0 and not s.block_table for s in request.seqs)  # released
+    assert engine.block_manager.num_free_blocks == 64
+
+
+def test_eos_ids_come_from_config_generation_config_and_tokenizer_for_llm_and_generate(tiny, tmp_path):
+    import json
+    import shutil
+    import types
+
+    from fastx import AutoModelForCausalLM
+
+    model, folder = tiny
+    prompt = [1, 2, 3, 4, 5]
+    first = _reference(model, prompt, 1)[0]  # greedy's first token: made an end-of-sequence id below
+    copy = shutil.copytree(folder, tmp_path / "checkpoint")
+    (copy / "generation_config.json").write_text(json.dumps({"eos_token_id": [first, 97]}))
+    tokenizer = types.SimpleNamespace(eos_token_id=98, decode=lambda ids, skip_special_tokens: " ".join(map(str, ids)))
+    llm = LLM(copy, num_kv_blocks=16, tokenizer=tokenizer)
+    config_eos = model.config.eos_token_id
+    assert llm.engine.eos_token_ids == {config_eos, first, 97, 98}
+    out = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)[0].outputs[0]
+    assert out.token_ids == [first] and out.finish_reason == "stop"
+    ours = AutoModelForCausalLM.from_pretrained(copy)
+    stopped = ours.generate(torch.tensor([prompt]), max_new_tokens=8, pad_token_id=0)
+    assert stopped[0, 5:].tolist() == [first]  # the same derivation, no tokenizer
+    explicit = ours.generate(torch.tensor([prompt]), max_new_tokens=8, eos_token_id=[], pad_token_id=0)
+    assert explicit[0, 5:].tolist() == _reference(model, prompt, 8)  # an explicit eos_token_id replaces it
 
 
 def test_parallel_samples_share_the_prompt_blocks(tiny):
@@ -190,7 +272,9 @@ def test_soak_random_requests_with_aborts_and_preemptions_leak_nothing(tiny):
     live: list[int] = []
     for i in range(1000):
         prompt = [rng.randrange(101) for _ in range(rng.randint(1, 24))]
-        params = SamplingParams(temperature=rng.choice([0, 1.0]), max_tokens=rng.randint(1, 12), seed=i, ignore_eos=True)
+        params = SamplingParams(
+            temperature=rng.choice([0, 1.0]), max_tokens=rng.randint(1, 12), seed=i, ignore_eos=True
+        )
         live.append(engine.add_request(prompt, params))
         if rng.random() < 0.5:
             engine.step()

@@ -27,7 +27,9 @@ def expected(llm, smollm2_checkpoint):
     for chat in CHATS:
         ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True)
         with torch.no_grad():
-            out = reference.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False, eos_token_id=None, pad_token_id=0)
+            out = reference.generate(
+                torch.tensor([ids]), max_new_tokens=32, do_sample=False, eos_token_id=None, pad_token_id=0
+            )
         continuations.append(out[0, len(ids) :].tolist())
     return continuations
 
@@ -35,7 +37,11 @@ def expected(llm, smollm2_checkpoint):
 @pytest.mark.parametrize("pack_weights", [False, True], ids=["dense", "packed"])
 def test_greedy_chat_tokens_equal_transformers(llm, smollm2_checkpoint, expected, pack_weights):
     """The three chats decode as one batch, so packed weights serve both prefill and decode."""
-    engine = LLM(smollm2_checkpoint, dtype="float32", device="cpu", kv_cache_memory=64 << 20, pack_weights=True) if pack_weights else llm
+    engine = (
+        LLM(smollm2_checkpoint, dtype="float32", device="cpu", kv_cache_memory=64 << 20, pack_weights=True)
+        if pack_weights
+        else llm
+    )
     params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
     outputs = engine.chat(CHATS, params, use_tqdm=False)
     for out, tokens in zip(outputs, expected):

@@ -52,8 +52,7 @@ def test_greedy_penalties_and_min_tokens():
     logits = torch.tensor([[1.0, 3.0, 2.9, 0.0], [5.0, 1.0, 0.0, 0.0]])
     g = torch.Generator().manual_seed(0)
     # row 0: token 1 was already generated; a presence penalty of 0.5 hands the argmax to token 2
-    rows = [_seq([3, 1], prompt_len=1, temperature=0, presence_penalty=0.5),
-            _seq([3], temperature=0, min_tokens=1)]  # fmt: skip
+    rows = [_seq([3, 1], prompt_len=1, temperature=0, presence_penalty=0.5), _seq([3], temperature=0, min_tokens=1)]
     result = sample(logits, rows, eos_token_ids={0}, generator=g)
     assert result.token_ids == [2, 1]  # row 1: EOS (0) masked until min_tokens
 
@@ -67,8 +66,12 @@ def test_repetition_penalty_divides_positive_and_multiplies_negative_logits():
 def test_top_k_one_and_tiny_top_p_are_greedy_even_when_sampling():
     logits = torch.randn(4, 50)
     g = torch.Generator().manual_seed(1)
-    rows = [_seq([1], temperature=1.0, top_k=1), _seq([1], temperature=1.0, top_p=1e-6),
-            _seq([1], temperature=0.7, min_p=1.0), _seq([1], temperature=0)]  # fmt: skip
+    rows = [
+        _seq([1], temperature=1.0, top_k=1),
+        _seq([1], temperature=1.0, top_p=1e-6),
+        _seq([1], temperature=0.7, min_p=1.0),
+        _seq([1], temperature=0),
+    ]
     assert sample(logits, rows, set(), g).token_ids == logits.argmax(-1).tolist()
 
 
