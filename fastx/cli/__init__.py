@@ -21,7 +21,8 @@ import sys
 from fastx.cli import bench, embed, generate, info, kernels
 from fastx.cli.common import PROG, UsageError
 
-COMMANDS = (generate, embed, bench, kernels, info)  # each module: add_parser(subparsers, formatter) and run(args)
+# Each command module: NAME, HELP, DESCRIPTION, EPILOG, add_arguments(parser) and run(args).
+COMMANDS = (generate, embed, bench, kernels, info)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,7 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('fastx').__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for command in COMMANDS:
-        command.add_parser(sub, fmt)
+        p = sub.add_parser(
+            command.NAME, help=command.HELP, description=command.DESCRIPTION, epilog=command.EPILOG, formatter_class=fmt
+        )
+        command.add_arguments(p)
+        p.set_defaults(func=command.run)
     return parser
 
 

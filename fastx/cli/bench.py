@@ -8,26 +8,25 @@ from typing import Any
 
 from fastx.cli.common import device_name, package_version
 
+NAME = "bench"
+HELP = "benchmark kernels and end-to-end workloads"
+DESCRIPTION = (
+    "Benchmark fastx in this process.\n\n"
+    "kernels: each Triton kernel vs eager PyTorch over a sweep of sizes (CUDA only;\n"
+    "  GB/s or TFLOP/s from the byte/FLOP formula, %% of the GPU's peak when known).\n"
+    "e2e: all-MiniLM-L6-v2 embeddings (sentences/s) and SmolLM2 batch generation\n"
+    "  (tokens/s), fastx vs transformers when it is installed.\n"
+    "Writes OUT/bench.json, and PNG plots of the sweeps when matplotlib is installed."
+)
+EPILOG = "examples:\n  fastx bench\n  fastx bench kernels --out results/\n  fastx bench e2e --quick"
 
-def add_parser(sub, fmt) -> None:
-    b = sub.add_parser(
-        "bench",
-        help="benchmark kernels and end-to-end workloads",
-        formatter_class=fmt,
-        description="Benchmark fastx in this process.\n\n"
-        "kernels: each Triton kernel vs eager PyTorch over a sweep of sizes (CUDA only;\n"
-        "  GB/s or TFLOP/s from the byte/FLOP formula, %% of the GPU's peak when known).\n"
-        "e2e: all-MiniLM-L6-v2 embeddings (sentences/s) and SmolLM2 batch generation\n"
-        "  (tokens/s), fastx vs transformers when it is installed.\n"
-        "Writes OUT/bench.json, and PNG plots of the sweeps when matplotlib is installed.",
-        epilog="examples:\n  fastx bench\n  fastx bench kernels --out results/\n  fastx bench e2e --quick",
-    )
-    b.add_argument(
+
+def add_arguments(parser) -> None:
+    parser.add_argument(
         "what", nargs="?", choices=("kernels", "e2e", "all"), default="all", help="which benchmarks (default all)"
     )
-    b.add_argument("--out", default="fastx-bench", help="output folder (default ./fastx-bench)")
-    b.add_argument("--quick", action="store_true", help="small workloads (a smoke run)")
-    b.set_defaults(func=run)
+    parser.add_argument("--out", default="fastx-bench", help="output folder (default ./fastx-bench)")
+    parser.add_argument("--quick", action="store_true", help="small workloads (a smoke run)")
 
 
 def _e2e_row(r: dict[str, Any]) -> str:

