@@ -5,7 +5,13 @@ Kept free of any knowledge of models or the engine; plain tensors in, plain tens
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
+
+F = TypeVar("F", bound=Callable)
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -61,3 +67,23 @@ def as_rows(x: torch.Tensor, n_cols: int) -> torch.Tensor:
 
 def next_power_of_2(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def on_input_device(launcher: F) -> F:
+    """Run a launcher with its first tensor argument's CUDA device current.
+
+    Triton launches on the current device, so a model on cuda:1 would otherwise launch its
+    kernels (and allocate their outputs' streams) on cuda:0. CPU tensors, and the common case
+    of a tensor already on the current device, pass straight through.
+    """
+
+    @functools.wraps(launcher)
+    def guarded(*args, **kwargs):
+        first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        if first is None or not first.is_cuda or first.device.index == torch.cuda.current_device():
+            return launcher(*args, **kwargs)
+        with torch.cuda.device(first.device):
+            return launcher(*args, **kwargs)
+
+    guarded.runs_on_input_device = True
+    return guarded  # type: ignore[return-value]

@@ -26,6 +26,7 @@ from fastx.kernels._common import (
     check_same_dtype,
     check_vector,
     next_power_of_2,
+    on_input_device,
 )
 from fastx.kernels.aot import AotConfig
 
@@ -97,6 +98,7 @@ def activation_launch_config(n_cols: int) -> dict:
     return {"BLOCK_M": TILE // block_n, "BLOCK_N": block_n, "num_warps": NUM_WARPS}
 
 
+@on_input_device
 def _launch(x, out_cols, activation, approx_tanh=False, bias=None):
     """Run the kernel over x viewed as rows; returns a contiguous tensor of x's leading shape + (out_cols,)."""
     in_cols = x.shape[-1]

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastx.kernels._common import TRITON_POINTER_TYPES, check_float, check_same_device, next_power_of_2
+from fastx.kernels._common import TRITON_POINTER_TYPES, check_float, check_same_device, next_power_of_2, on_input_device
 from fastx.kernels.aot import AotConfig
 
 LOG2_E = 1.4426950408889634  # 1/ln(2): exp(x) == exp2(x * LOG2_E)
@@ -346,6 +346,7 @@ def _check_cu_seqlens(name: str, cu: torch.Tensor, batch: int | None, total: int
         raise ValueError(f"max_seqlen of {name}: expected >= the longest sequence {longest}, got {max_seqlen}")
 
 
+@on_input_device
 def varlen_attention(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -27,6 +27,7 @@ from fastx.kernels._common import (
     check_same_dtype,
     check_vector,
     next_power_of_2,
+    on_input_device,
 )
 from fastx.kernels.aot import AotConfig
 
@@ -132,6 +133,7 @@ def _check(x, weight, bias):
     check_vector("bias", bias, channels)
 
 
+@on_input_device
 def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.conv2d(x, weight, bias, padding=k // 2, groups=C) for weight (C, 1, k, k), k odd.
 

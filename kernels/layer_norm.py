@@ -22,6 +22,7 @@ from fastx.kernels._common import (
     check_same_dtype,
     check_vector,
     next_power_of_2,
+    on_input_device,
 )
 from fastx.kernels.aot import AotConfig
 
@@ -150,6 +151,7 @@ def norm_launch_config(n_cols: int) -> dict:
     return {"BLOCK_N": block_n, "ONE_PASS": one_pass, "num_warps": num_warps}
 
 
+@on_input_device
 def _norm(x, weight, bias, eps, residual, is_rms_norm):
     check_float("input", x)
     check_same_device(input=x, weight=weight, bias=bias, residual=residual)

@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastx.kernels._common import TRITON_POINTER_TYPES, check_float, check_same_device, next_power_of_2
+from fastx.kernels._common import TRITON_POINTER_TYPES, check_float, check_same_device, next_power_of_2, on_input_device
 from fastx.kernels.aot import AotConfig
 
 # Tokens of one phase-1 partition. 512 gives 16 partitions at an 8192-token context, so a
@@ -363,6 +363,7 @@ def check_decode_args(q, k_cache, v_cache, block_tables, context_lens, max_conte
 # ----------------------------------------------------------------------------- launchers
 
 
+@on_input_device
 def write_kv_cache(key, value, k_cache, v_cache, slot_mapping) -> None:
     """Write key[t] / value[t] (T, K, D) into k_cache / v_cache (N, B, K, D) at slot slot_mapping[t], in place.
 
@@ -401,6 +402,7 @@ def write_kv_cache(key, value, k_cache, v_cache, slot_mapping) -> None:
     )
 
 
+@on_input_device
 def paged_decode_attention(
     q, k_cache, v_cache, block_tables, context_lens, scale=None, max_context_len=None, partition_size=None
 ) -> torch.Tensor:

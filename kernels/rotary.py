@@ -29,6 +29,7 @@ from fastx.kernels._common import (
     check_same_device,
     check_same_dtype,
     next_power_of_2,
+    on_input_device,
 )
 from fastx.kernels.aot import AotConfig
 
@@ -208,6 +209,7 @@ def check_rotary_dims(head_dim: int, half_rotary_dim: int) -> None:
         )
 
 
+@on_input_device
 def apply_rotary(
     q: torch.Tensor,
     k: torch.Tensor | None,
