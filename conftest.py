@@ -79,3 +79,10 @@ def device() -> str:
 @pytest.fixture(autouse=True)
 def _seed_everything():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _fp32_default_on_every_cpu(monkeypatch):
+    """The suite compares with transformers in fp32 (NUMERICS.md), so a model loaded without dtype=
+    must be fp32 on the CPU on every build machine, AMX or not; tests of the default set it themselves."""
+    monkeypatch.setattr("fastx.models.dtypes.cpu_has_bf16_matrix_units", lambda: False)

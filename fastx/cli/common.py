@@ -20,13 +20,11 @@ def status(message: str) -> None:
         sys.stderr.write(f"{PROG}: {message}\n")
 
 
-def device_and_dtype():
-    """cuda when available, else cpu; bfloat16 on CUDA, float32 on the CPU."""
+def default_device() -> str:
+    """cuda when available, else cpu (the dtype then follows the device: fastx.models.dtypes)."""
     import torch
 
-    if torch.cuda.is_available():
-        return "cuda", torch.bfloat16
-    return "cpu", torch.float32
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def device_name() -> str:

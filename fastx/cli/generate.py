@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from fastx.cli.common import UsageError, device_and_dtype, read_prompt_file, status
+from fastx.cli.common import UsageError, default_device, read_prompt_file, status
 
 NAME = "generate"
 HELP = "generate text (streams one prompt; batches several)"
@@ -63,9 +63,11 @@ def _sampling_params(args):
 def _load_llm(model: str, seed: int | None):
     from fastx import LLM
 
-    device, dtype = device_and_dtype()
-    status(f"loading {model} on {device} ({str(dtype).removeprefix('torch.')})")
-    return LLM(model, dtype=dtype, device=device, seed=seed or 0)
+    device = default_device()
+    status(f"loading {model} on {device}")
+    llm = LLM(model, device=device, seed=seed or 0)  # the device's default dtype (fastx.models.dtypes)
+    status(f"loaded in {str(llm.model.dtype).removeprefix('torch.')}")
+    return llm
 
 
 def _inputs(prompts: list[str], tokenizer, chat: bool | None) -> list:

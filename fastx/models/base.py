@@ -27,33 +27,7 @@ from fastx.checkpoints.safetensors import (
     read_safetensors_header,
 )
 from fastx.models.config import config_from_dict
-
-DTYPE_NAMES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "fp32": torch.float32,
-    "fp16": torch.float16,
-    "bf16": torch.bfloat16,
-    "float": torch.float32,
-    "half": torch.float16,
-}
-
-
-def resolve_dtype(dtype: torch.dtype | str | None, config_data: dict[str, Any]) -> torch.dtype:
-    """torch.dtype, its name, "auto" (the checkpoint's own) or None (float32, transformers' default)."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            raise ValueError(f"dtype: expected float32, float16 or bfloat16, got {dtype}")
-        return dtype
-    if dtype == "auto":
-        name = config_data.get("dtype") or config_data.get("torch_dtype") or "float32"
-        return DTYPE_NAMES.get(str(name).removeprefix("torch."), torch.float32)
-    if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPE_NAMES:
-        return DTYPE_NAMES[dtype.removeprefix("torch.")]
-    raise ValueError(f"dtype: expected a torch dtype, its name or 'auto', got {dtype!r}")
+from fastx.models.dtypes import resolve_dtype
 
 
 @contextlib.contextmanager
@@ -130,7 +104,7 @@ class PreTrainedModel(nn.Module):
             config_path = folder / "config.json"
             data = read_json(config_path)
             config = config_from_dict(cls.config_class, data, str(config_path))
-            model = cls._build(config, resolve_dtype(dtype, data), device, folder, gguf=None)
+            model = cls._build(config, resolve_dtype(dtype, data, device), device, folder, gguf=None)
         model.name_or_path = str(name_or_path)
         return model
 
@@ -150,7 +124,7 @@ class PreTrainedModel(nn.Module):
                 f"{checkpoint.path}: a GGUF {data['model_type']} checkpoint cannot load into {cls.__name__}"
             )
         config = config_from_dict(cls.config_class, data, str(checkpoint.path))
-        model = cls._build(config, resolve_dtype(dtype, data), device, checkpoint.path, gguf=checkpoint)
+        model = cls._build(config, resolve_dtype(dtype, data, device), device, checkpoint.path, gguf=checkpoint)
         model.name_or_path = str(checkpoint.path)
         return model
 
