@@ -13,6 +13,7 @@ Per-step metadata is an argument, never module-level state.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -34,6 +35,14 @@ class AttentionMetadata:
     context_lens: torch.Tensor | None = None  # (B,) int32: context per sequence (decode)
     is_decode: bool = False  # every sequence has exactly one new token
     packed: PackedBatch | None = None  # set for padded-batch calls: to unpack outputs
+
+    def to(self, device: torch.device | str) -> AttentionMetadata:
+        """The same step's metadata with every tensor on `device` (ints and flags unchanged)."""
+        moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name, value in moved.items():
+            if isinstance(value, torch.Tensor):
+                moved[name] = value.to(device)
+        return dataclasses.replace(self, **moved)
 
     @property
     def varlen_lengths(self) -> tuple[torch.Tensor, torch.Tensor, int, int]:

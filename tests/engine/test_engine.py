@@ -61,11 +61,13 @@ def test_greedy_tokens_equal_transformers_for_a_mixed_batch(tiny):
 
 def test_packed_weights_keep_greedy_tokens_equal_to_transformers(tiny):
     model, folder = tiny
-    llm = LLM(folder, num_kv_blocks=64, pack_weights=True)  # four prompts: batched rows take the packed GEMM
+    llm = LLM(
+        folder, device="cpu", num_kv_blocks=64, pack_weights=True
+    )  # four prompts: batched rows take the packed GEMM
     for prompt, out in zip(PROMPTS, llm.generate(PROMPTS, GREEDY, use_tqdm=False)):
         assert out.outputs[0].token_ids == _reference(model, prompt, 64)
     with pytest.raises(ValueError, match="pack_weights: expected a float32 model on the CPU"):
-        LLM(folder, dtype="bfloat16", num_kv_blocks=8, pack_weights=True)
+        LLM(folder, device="cpu", dtype="bfloat16", num_kv_blocks=8, pack_weights=True)
 
 
 def test_preemption_and_chunked_prefill_do_not_change_greedy_output(tiny):

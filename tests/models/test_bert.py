@@ -71,16 +71,16 @@ def test_matches_transformers_with_padding_hidden_states_and_attentions(checkpoi
         torch.testing.assert_close(mine.permute(0, 2, 3, 1)[pair], theirs.permute(0, 2, 3, 1)[pair], atol=1e-5, rtol=0)
 
 
-def test_runs_the_triton_kernels_under_the_interpreter(checkpoint, monkeypatch):
+def test_runs_the_triton_kernels(checkpoint, monkeypatch, device):
     reference, auto_class, folder, field, task = checkpoint
     if task != "mlm":
         pytest.skip("one task model is enough to exercise every kernel inside BERT")
     monkeypatch.setenv("FASTX_BACKEND", "triton")
-    model = auto_class.from_pretrained(folder)
+    model = auto_class.from_pretrained(folder, device=device, dtype=torch.float32)
     ids, mask, types = _batch()
     with torch.no_grad():
         expected = reference(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
-    got = model(ids, attention_mask=mask, token_type_ids=types).logits
+    got = model(ids.to(device), attention_mask=mask.to(device), token_type_ids=types.to(device)).logits.cpu()
     torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-4, rtol=0)
 
 

@@ -80,19 +80,19 @@ def test_non_contiguous_input(checkpoint):
         model(torch.randn(3, 32, 32))
 
 
-def test_runs_the_triton_kernels_under_the_interpreter(checkpoint, monkeypatch):
+def test_runs_the_triton_kernels(checkpoint, monkeypatch, device):
     reference, auto_class, folder, case = checkpoint
     if case != "cls":
         pytest.skip("one model is enough to exercise every kernel inside ConvNeXt")
     monkeypatch.setenv("FASTX_BACKEND", "triton")
-    model = auto_class.from_pretrained(folder)
+    model = auto_class.from_pretrained(folder, device=device, dtype=torch.float32)
     pixels = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         expected = reference(pixels, output_hidden_states=True)
-    got = model(pixels, output_hidden_states=True)
-    torch.testing.assert_close(got.logits, expected.logits, atol=1e-4, rtol=0)
+    got = model(pixels.to(device), output_hidden_states=True)
+    torch.testing.assert_close(got.logits.cpu(), expected.logits, atol=1e-4, rtol=0)
     for mine, theirs in zip(got.hidden_states, expected.hidden_states):
-        torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=0)
+        torch.testing.assert_close(mine.cpu(), theirs, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize(

@@ -107,12 +107,12 @@ def test_config_surfaces_id2label_and_rejects_broken_fields(checkpoint, tmp_path
 
 
 @pytest.mark.parametrize("checkpoint", ["mlm"], indirect=True)  # the MLM model runs every kernel DistilBERT uses
-def test_runs_the_triton_kernels_under_the_interpreter(checkpoint, monkeypatch):
+def test_runs_the_triton_kernels(checkpoint, monkeypatch, device):
     reference, auto_class, folder, field, task = checkpoint
     monkeypatch.setenv("FASTX_BACKEND", "triton")
-    model = auto_class.from_pretrained(folder)
+    model = auto_class.from_pretrained(folder, device=device, dtype=torch.float32)
     ids, mask = _batch()
     with torch.no_grad():
         expected = reference(input_ids=ids, attention_mask=mask).logits
-    got = model(ids, attention_mask=mask).logits
+    got = model(ids.to(device), attention_mask=mask.to(device)).logits.cpu()
     torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-4, rtol=0)

@@ -143,20 +143,20 @@ def _check_paged_decoding(model, prompts, chunk, steps):
     tables = order.view(len(prompts), -1)  # (B, max_blocks)
     caches = [
         (
-            torch.zeros(num_blocks, BLOCK, cfg.n_head, cfg.head_dim),
-            torch.zeros(num_blocks, BLOCK, cfg.n_head, cfg.head_dim),
+            torch.zeros(num_blocks, BLOCK, cfg.n_head, cfg.head_dim, device=model.device),
+            torch.zeros(num_blocks, BLOCK, cfg.n_head, cfg.head_dim, device=model.device),
         )
         for _ in range(cfg.n_layer)
     ]
     seqs = [list(p) for p in prompts]
 
     def step(new, done, decode):
-        meta = _metadata(new, done, tables, decode)
-        ids = torch.tensor([t for s, d, n in zip(seqs, done, new) for t in s[d : d + n]])
+        meta = _metadata(new, done, tables, decode).to(model.device)
+        ids = torch.tensor([t for s, d, n in zip(seqs, done, new) for t in s[d : d + n]], device=model.device)
         return model.compute_logits(model.forward_packed(ids, meta, caches)), meta
 
     def recompute(s, rows):  # cache-free forward of the whole sequence
-        return model(torch.tensor([s])).logits[0, rows]
+        return model(torch.tensor([s], device=model.device)).logits[0, rows]
 
     firsts = [min(chunk, len(p)) for p in prompts]
     for new, done in ((firsts, [0] * len(prompts)), ([len(p) - f for p, f in zip(prompts, firsts)], firsts)):
@@ -184,15 +184,15 @@ def test_paged_kv_cache_chunked_prefill_and_decode_match_recomputation(tiny):
     _check_paged_decoding(model, prompts, chunk=10, steps=3)
 
 
-def test_runs_the_triton_kernels_under_the_interpreter(tiny, monkeypatch):
+def test_runs_the_triton_kernels(tiny, monkeypatch, device):
     reference, folder = tiny
     monkeypatch.setenv("FASTX_BACKEND", "triton")
-    model = AutoModelForCausalLM.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, device=device, dtype=torch.float32)
     ids, mask, positions = _batch("left")
     ids, mask, positions = ids[1:, 2:], mask[1:, 2:], positions[1:, 2:]  # (2, 11): small, still left-padded
     with torch.no_grad():
         expected = reference(input_ids=ids, attention_mask=mask, position_ids=positions).logits
-    got = model(ids, attention_mask=mask, position_ids=positions).logits
+    got = model(ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device)).logits.cpu()
     torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-4, rtol=0)
     # The paged path too: write_kv_cache, varlen attention over block tables, paged decode.
     g = torch.Generator().manual_seed(4)

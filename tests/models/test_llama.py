@@ -157,11 +157,12 @@ def _check_cached_generation(model, prompts, chunk, steps, full_logits=None):
     """Prefill `prompts` in two chunks (the second attends to the first through the block tables),
     then `steps` greedy decode steps. Every step's logits must equal a full recomputation without
     cache: being causal, one cache-free forward of each final sequence gives every step's rows."""
-    full_logits = full_logits or (lambda seq: model(torch.tensor([seq])).logits[0])  # (len, V)
+    device = model.device
+    full_logits = full_logits or (lambda seq: model(torch.tensor([seq], device=device)).logits[0].cpu())  # (len, V)
     caches = [
         (
-            torch.zeros(8, BLOCK, model.num_kv_heads, model.head_dim, dtype=model.dtype),
-            torch.zeros(8, BLOCK, model.num_kv_heads, model.head_dim, dtype=model.dtype),
+            torch.zeros(8, BLOCK, model.num_kv_heads, model.head_dim, dtype=model.dtype, device=device),
+            torch.zeros(8, BLOCK, model.num_kv_heads, model.head_dim, dtype=model.dtype, device=device),
         )
         for _ in range(model.num_layers)
     ]
@@ -172,7 +173,7 @@ def _check_cached_generation(model, prompts, chunk, steps, full_logits=None):
     def run_step(starts, counts, decode):
         ids = torch.cat([torch.tensor(seqs[b][s : s + n]) for b, (s, n) in enumerate(zip(starts, counts))])
         meta = _step_meta(starts, counts, block_tables, decode)
-        logits = model.compute_logits(model.forward_packed(ids, meta, caches))  # (T, V)
+        logits = model.compute_logits(model.forward_packed(ids.to(device), meta.to(device), caches)).cpu()  # (T, V)
         for b, rows in enumerate(logits.split(counts)):
             cached[b].append(rows)
         return logits[meta.cu_seqlens_q[1:].long() - 1]  # each sequence's last token
@@ -198,15 +199,15 @@ def test_paged_kv_cache_matches_full_recomputation(name, tmp_path):
     _check_cached_generation(model, prompts, chunk=6, steps=3)
 
 
-def test_runs_the_triton_kernels_under_the_interpreter(tmp_path, monkeypatch):
+def test_runs_the_triton_kernels(tmp_path, monkeypatch, device):
     reference = _tiny(*VARIANTS["llama-gqa-bias"], tmp_path)  # one GQA model exercises every decoder kernel
     monkeypatch.setenv("FASTX_BACKEND", "triton")
-    model = AutoModelForCausalLM.from_pretrained(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, device=device, dtype=torch.float32)
     ids, mask = _batch(length=9)
     mask[1, 6:] = 0
     with torch.no_grad():
         expected = reference(input_ids=ids, attention_mask=mask).logits
-    got = model(ids, attention_mask=mask).logits
+    got = model(ids.to(device), attention_mask=mask.to(device)).logits.cpu()
     torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-4, rtol=0)
     # The paged path: rotary, cache writes, paged prefill and paged decode kernels.
     with torch.no_grad():  # against transformers directly: no second cache-free run under the interpreter

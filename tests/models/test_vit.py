@@ -98,16 +98,16 @@ def test_rejects_wrong_image_size_and_channels(checkpoint):
         model(torch.randn(1, 1, 32, 32))
 
 
-def test_runs_the_triton_kernels_under_the_interpreter(checkpoint, monkeypatch):
+def test_runs_the_triton_kernels(checkpoint, monkeypatch, device):
     reference, auto_class, folder, case = checkpoint
     if case != "cls":
         pytest.skip("one model is enough to exercise every kernel inside ViT")
     monkeypatch.setenv("FASTX_BACKEND", "triton")
-    model = auto_class.from_pretrained(folder)
+    model = auto_class.from_pretrained(folder, device=device, dtype=torch.float32)
     pixels = _pixels(reference, batch=2)
     with torch.no_grad():
         expected = reference(pixels).logits
-    torch.testing.assert_close(model(pixels).logits, expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(model(pixels.to(device)).logits.cpu(), expected, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize(
