@@ -123,6 +123,20 @@ def _cuobjdump() -> str:
 
 
 _RES_USAGE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
+# Global loads in PTX: ld.global[.qualifiers][.vN].<type><bits>, e.g. ld.global.v4.b32 (128 bits).
+_GLOBAL_LOAD = re.compile(r"\bld\.global(?:\.[a-z0-9_:]+)*?(?:\.v(\d))?\.[bfsu](\d+)\b")
+
+
+def ptx_instructions(ptx: str) -> dict[str, Any]:
+    """What the PTX says about memory and math: the widest global load (bits) and the matrix instruction.
+
+    `load_bits` is the widest ld.global a thread issues (128 = one 16-byte vector load); bandwidth-
+    bound kernels want 128 at aligned sizes. `matrix_op` is "wgmma" (Hopper warpgroup MMA), "mma"
+    (Ampere-style mma.sync) or "-" (no tensor-core instruction).
+    """
+    widths = [int(lanes or 1) * int(bits) for lanes, bits in _GLOBAL_LOAD.findall(ptx)]
+    matrix_op = "wgmma" if "wgmma.mma_async" in ptx else ("mma" if re.search(r"\bmma\.sync\b", ptx) else "-")
+    return {"load_bits": max(widths, default=0), "matrix_op": matrix_op}
 
 
 def compile_config(cfg: AotConfig, arch: int) -> dict[str, Any]:
@@ -154,6 +168,7 @@ def compile_config(cfg: AotConfig, arch: int) -> dict[str, Any]:
         # Triton allocates its shared memory dynamically; metadata.shared is that amount.
         shared = int(compiled.metadata.shared) + static_shared
         threads = cfg.num_warps * 32
+        row.update(ptx_instructions(compiled.asm["ptx"]))
         row.update(
             registers=registers,
             spill_bytes=stack + local,  # a Triton kernel has no local arrays: any stack is spilling
@@ -174,6 +189,7 @@ def compile_config(cfg: AotConfig, arch: int) -> dict[str, Any]:
         row["problems"] = problems
     except Exception as exc:  # a compile failure is a finding of the report, not a crash of it
         row.update(registers=None, spill_bytes=None, shared_bytes=None, threads=cfg.num_warps * 32)
+        row.update(load_bits=None, matrix_op=None)
         row.update(error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300], ok=False, problems=["compile failed"])
     return row
 

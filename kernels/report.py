@@ -27,7 +27,7 @@ def parse_targets(text: str) -> tuple[int, ...]:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The report as aligned text columns, one row per compilation, and a closing count of failures."""
-    header = ("kernel", "target", "regs", "spill B", "shared B", "ok", "config")
+    header = ("kernel", "target", "regs", "spill B", "shared B", "ld bits", "mma", "ok", "config")
     table = [header]
     for r in rows:
         problems = r["problems"] + ([r["error"]] if r["error"] else [])
@@ -39,6 +39,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 str(r["registers"]),
                 str(r["spill_bytes"]),
                 str(r["shared_bytes"]),
+                str(r.get("load_bits")),
+                str(r.get("matrix_op")),
                 verdict,
                 r["config"],
             )

@@ -61,3 +61,19 @@ def test_report_rejects_the_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1")
     proc = subprocess.run([sys.executable, "-m", "fastx.kernels.report"], capture_output=True, text=True, env=env)
     assert proc.returncode == 2 and "unset TRITON_INTERPRET" in proc.stderr
+
+
+def test_rows_report_load_width_and_matrix_instruction(report_rows):
+    for row in report_rows:
+        assert row["load_bits"] in (8, 16, 32, 64, 128), row
+        assert row["matrix_op"] in ("wgmma", "mma", "-"), row
+
+
+def test_attention_uses_the_targets_tensor_core_instruction(report_rows):
+    """Half-precision flash attention: wgmma on sm_90, mma.sync on sm_80; fp32 (IEEE dots) uses neither."""
+    rows = [r for r in report_rows if r["kernel"] == "_attn_fwd_kernel"]
+    half = [r for r in rows if not r["config"].startswith("float32")]
+    assert half and all(r["matrix_op"] == ("wgmma" if r["target"] == "sm_90" else "mma") for r in half), [
+        (r["target"], r["config"], r["matrix_op"]) for r in half
+    ]
+    assert all(r["matrix_op"] == "-" for r in rows if r["config"].startswith("float32"))
