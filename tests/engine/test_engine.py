@@ -52,7 +52,7 @@ def _ids(outputs):
 
 def test_greedy_tokens_equal_transformers_for_a_mixed_batch(tiny):
     model, folder = tiny
-    outputs = LLM(folder, num_kv_blocks=64).generate(PROMPTS, GREEDY, use_tqdm=False)
+    outputs = LLM(folder, dtype="float32", num_kv_blocks=64).generate(PROMPTS, GREEDY, use_tqdm=False)
     for prompt, out in zip(PROMPTS, outputs):
         assert out.prompt_token_ids == prompt
         assert out.outputs[0].token_ids == _reference(model, prompt, 64)
@@ -61,9 +61,8 @@ def test_greedy_tokens_equal_transformers_for_a_mixed_batch(tiny):
 
 def test_packed_weights_keep_greedy_tokens_equal_to_transformers(tiny):
     model, folder = tiny
-    llm = LLM(
-        folder, device="cpu", num_kv_blocks=64, pack_weights=True
-    )  # four prompts: batched rows take the packed GEMM
+    # four prompts: batched rows take the packed GEMM (a CPU fp32 feature)
+    llm = LLM(folder, device="cpu", dtype="float32", num_kv_blocks=64, pack_weights=True)
     for prompt, out in zip(PROMPTS, llm.generate(PROMPTS, GREEDY, use_tqdm=False)):
         assert out.outputs[0].token_ids == _reference(model, prompt, 64)
     with pytest.raises(ValueError, match="pack_weights: expected a float32 model on the CPU"):
@@ -72,9 +71,9 @@ def test_packed_weights_keep_greedy_tokens_equal_to_transformers(tiny):
 
 def test_preemption_and_chunked_prefill_do_not_change_greedy_output(tiny):
     _, folder = tiny
-    expected = _ids(LLM(folder, num_kv_blocks=64).generate(PROMPTS, GREEDY, use_tqdm=False))
+    expected = _ids(LLM(folder, dtype="float32", num_kv_blocks=64).generate(PROMPTS, GREEDY, use_tqdm=False))
     # 112 slots: the longest sequence (37 + 64) fits alone, the four together (~330) need preemption
-    small = LLM(folder, num_kv_blocks=14, block_size=8, max_num_batched_tokens=16)
+    small = LLM(folder, dtype="float32", num_kv_blocks=14, block_size=8, max_num_batched_tokens=16)
     assert _ids(small.generate(PROMPTS, GREEDY, use_tqdm=False)) == expected
     assert small.engine.scheduler.num_preemptions > 0
     assert small.engine.block_manager.num_free_blocks == 14  # nothing leaked
@@ -85,8 +84,8 @@ def test_prefix_caching_gives_the_same_output_and_computes_fewer_tokens(tiny):
     shared = list(range(30, 70))  # 40 tokens: two full blocks of 16 and 8 more
     prompts = [shared + [1, 2], shared + [3]]  # 42 and 41 tokens
     params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
-    off = LLM(folder, num_kv_blocks=64, enable_prefix_caching=False)
-    on = LLM(folder, num_kv_blocks=64)
+    off = LLM(folder, dtype="float32", num_kv_blocks=64, enable_prefix_caching=False)
+    on = LLM(folder, dtype="float32", num_kv_blocks=64)
     expected = _ids(off.generate(prompts, params, use_tqdm=False))
     assert off.engine.num_prefill_tokens == 42 + 41
     assert _ids(on.generate(prompts, params, use_tqdm=False)) == expected
@@ -107,9 +106,11 @@ def test_same_step_sharing_survives_chunked_prefill(tiny):
     prompts = [shared + [1, 2], shared + [3], shared[:20] + [5]]
     params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
     expected = _ids(
-        LLM(folder, num_kv_blocks=64, enable_prefix_caching=False).generate(prompts, params, use_tqdm=False)
+        LLM(folder, dtype="float32", num_kv_blocks=64, enable_prefix_caching=False).generate(
+            prompts, params, use_tqdm=False
+        )
     )
-    chunked = LLM(folder, num_kv_blocks=64, block_size=8, max_num_batched_tokens=12)
+    chunked = LLM(folder, dtype="float32", num_kv_blocks=64, block_size=8, max_num_batched_tokens=12)
     assert _ids(chunked.generate(prompts, params, use_tqdm=False)) == expected
     assert chunked.engine.num_prefill_tokens < 42 + 41 + 21
 
@@ -121,8 +122,8 @@ def test_a_failed_step_unpublishes_its_blocks_and_the_engine_recovers(tiny):
     shared = list(range(30, 70))
     prompts = [shared + [1, 2], shared + [3]]
     params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
-    expected = _ids(LLM(folder, num_kv_blocks=64).generate(prompts, params, use_tqdm=False))
-    llm = LLM(folder, num_kv_blocks=64)
+    expected = _ids(LLM(folder, dtype="float32", num_kv_blocks=64).generate(prompts, params, use_tqdm=False))
+    llm = LLM(folder, dtype="float32", num_kv_blocks=64)
     engine, model = llm.engine, llm.engine.runner.model
     for prompt in prompts:
         engine.add_request(prompt, params)
@@ -145,7 +146,7 @@ def test_a_failed_step_unpublishes_its_blocks_and_the_engine_recovers(tiny):
 def test_only_postprocess_moves_progress_through_chunks_forks_and_decodes(tiny):
     """The runner computes and reads; every step's progress is committed by the scheduler's postprocess."""
     _, folder = tiny
-    llm = LLM(folder, num_kv_blocks=64, block_size=8, max_num_batched_tokens=16)
+    llm = LLM(folder, dtype="float32", num_kv_blocks=64, block_size=8, max_num_batched_tokens=16)
     engine = llm.engine
     params = SamplingParams(n=2, temperature=1.0, max_tokens=5, seed=1, ignore_eos=True)
     for prompt in PROMPTS:
@@ -199,7 +200,7 @@ def test_eos_ids_come_from_config_generation_config_and_tokenizer_for_llm_and_ge
     copy = shutil.copytree(folder, tmp_path / "checkpoint")
     (copy / "generation_config.json").write_text(json.dumps({"eos_token_id": [first, 97]}))
     tokenizer = types.SimpleNamespace(eos_token_id=98, decode=lambda ids, skip_special_tokens: " ".join(map(str, ids)))
-    llm = LLM(copy, num_kv_blocks=16, tokenizer=tokenizer)
+    llm = LLM(copy, dtype="float32", num_kv_blocks=16, tokenizer=tokenizer)
     config_eos = model.config.eos_token_id
     assert llm.engine.eos_token_ids == {config_eos, first, 97, 98}
     out = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)[0].outputs[0]
@@ -214,7 +215,7 @@ def test_eos_ids_come_from_config_generation_config_and_tokenizer_for_llm_and_ge
 def test_parallel_samples_share_the_prompt_blocks(tiny):
     _, folder = tiny
     prompt = [t % 101 for t in range(100)]  # 6 full blocks of 16 shared by all samples, 1 partial block each
-    llm = LLM(folder, num_kv_blocks=64)
+    llm = LLM(folder, dtype="float32", num_kv_blocks=64)
 
     def blocks_used(n):
         params = SamplingParams(n=n, temperature=1.0, max_tokens=6, seed=3, ignore_eos=True)
@@ -236,16 +237,18 @@ def test_seeded_sampling_does_not_depend_on_the_batch(tiny):
     _, folder = tiny
     seeded = SamplingParams(temperature=0.9, top_p=0.95, max_tokens=12, seed=11, ignore_eos=True)
     other = SamplingParams(temperature=1.0, max_tokens=20, ignore_eos=True)
-    alone = _ids(LLM(folder, num_kv_blocks=64).generate([PROMPTS[0]], seeded, use_tqdm=False))
-    batched = LLM(folder, num_kv_blocks=64, seed=5).generate(PROMPTS, [other, seeded, other, other], use_tqdm=False)
-    again = _ids(LLM(folder, num_kv_blocks=64).generate([PROMPTS[1]], seeded, use_tqdm=False))
+    alone = _ids(LLM(folder, dtype="float32", num_kv_blocks=64).generate([PROMPTS[0]], seeded, use_tqdm=False))
+    batched = LLM(folder, dtype="float32", num_kv_blocks=64, seed=5).generate(
+        PROMPTS, [other, seeded, other, other], use_tqdm=False
+    )
+    again = _ids(LLM(folder, dtype="float32", num_kv_blocks=64).generate([PROMPTS[1]], seeded, use_tqdm=False))
     assert batched[1].outputs[0].token_ids == again[0]
     assert len(alone[0]) == 12
 
 
 def test_bad_requests_raise_before_any_state_changes_and_the_engine_keeps_serving(tiny):
     _, folder = tiny
-    llm = LLM(folder, num_kv_blocks=8, block_size=8)
+    llm = LLM(folder, dtype="float32", num_kv_blocks=8, block_size=8)
     for prompts, message in [
         ([[]], "empty prompt"),
         ([[5, 101]], "outside the vocabulary"),
@@ -268,7 +271,7 @@ def test_soak_random_requests_with_aborts_and_preemptions_leak_nothing(tiny):
         pytest.skip("one architecture is enough for the soak")
     _, folder = tiny
     rng = random.Random(0)
-    llm = LLM(folder, num_kv_blocks=24, block_size=4, max_num_seqs=16, max_num_batched_tokens=64)
+    llm = LLM(folder, dtype="float32", num_kv_blocks=24, block_size=4, max_num_seqs=16, max_num_batched_tokens=64)
     engine = llm.engine
     finished = aborted = 0
     live: list[int] = []
