@@ -27,6 +27,8 @@ tensors they always run; on CUDA they cost a device sync, so they run only with 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import os
 
@@ -259,6 +261,24 @@ def decode_launch_config(head_dim: int, block_size: int, dtype: torch.dtype, gro
     }
 
 
+def partition_size_for(max_context_len: int, programs_per_partition: int, tile_n: int, num_sms: int) -> int:
+    """Tokens per phase-1 partition so that (sequences x kv heads x partitions) programs fill the GPU.
+
+    Without a split, batch 1 of a model with 3-8 KV heads launches 3-8 programs on a 132-SM GPU.
+    The partition shrinks (in powers of two) until the grid has about one program per SM, never
+    below one tile (a program walks at least TILE_N tokens) nor above DEFAULT_PARTITION_SIZE
+    (long contexts keep their many partitions).
+    """
+    wanted = max(1, -(-num_sms // max(1, programs_per_partition)))  # partitions per (sequence, kv head)
+    size = next_power_of_2(max(1, -(-max_context_len // wanted)))
+    return min(max(size, tile_n, 16), max(DEFAULT_PARTITION_SIZE, tile_n))
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def _aligned_16b(*caches: torch.Tensor) -> bool:
     """Every cache row starts on a 16-byte boundary (host metadata only: no sync)."""
     elem = caches[0].element_size()
@@ -412,8 +432,9 @@ def paged_decode_attention(
     max_blocks) int32; context_lens: (S,) int32, counting the new token (whose K/V must already
     be in the cache). scale defaults to 1/sqrt(D). A context of length 0 gives zeros.
     `max_context_len` (a host int >= every context length) sizes the split-K grid; if None it is
-    read from context_lens, one device sync on CUDA. `partition_size` (a power of two >= 16,
-    default 512) is the tokens per phase-1 program. Value checks (context lengths within
+    read from context_lens, one device sync on CUDA. `partition_size` (a power of two >= 16)
+    is the tokens per phase-1 program; by default sized on CUDA to fill the SMs
+    (partition_size_for), 512 elsewhere. Value checks (context lengths within
     max_blocks * B, used block-table entries within [0, N)) run on CPU tensors always and on
     CUDA only with FASTX_DEBUG=1.
     """
@@ -430,6 +451,8 @@ def paged_decode_attention(
     group = n_heads // kv_heads
 
     cfg = decode_launch_config(head_dim, block_size, q.dtype, group)
+    if partition_size is None and q.is_cuda:
+        partition_size = partition_size_for(max_context_len, n_seqs * kv_heads, cfg["TILE_N"], _sm_count(q.device))
     if partition_size is not None:
         cfg["PARTITION_SIZE"] = partition_size
         cfg["TILE_N"] = min(cfg["TILE_N"], partition_size)  # both powers of two: tiles divide the partition
@@ -585,6 +608,10 @@ def aot_configs() -> list[AotConfig]:
                 note=f"decode {name} D={head_dim} B={block_size} G={group}",
             )
         )
+        if not one_partition and dtype == torch.bfloat16 and head_dim == 128 and block_size == 16:
+            # The GPU-sized split (partition_size_for) at its smallest: one tile per partition.
+            small = dict(configs[-1].constexprs, PARTITION_SIZE=cfg["TILE_N"])
+            configs.append(dataclasses.replace(configs[-1], constexprs=small, note=configs[-1].note + " P=tile"))
         if not one_partition and (dtype, cfg["BLOCK_D"]) not in reduce_done:
             reduce_done.add((dtype, cfg["BLOCK_D"]))
             configs.append(

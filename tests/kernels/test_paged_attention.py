@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 
-from fastx.kernels.paged_attention import paged_decode_attention, write_kv_cache
+from fastx.kernels.paged_attention import paged_decode_attention, partition_size_for, write_kv_cache
 from fastx.testing import assert_matches_reference
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -216,3 +216,31 @@ def test_paged_decode_ignores_unused_table_entries():
     cl = torch.tensor([5], dtype=torch.int32)
     out = paged_decode_attention(q, kc, kc, bt, cl)
     torch.testing.assert_close(out, _dense_attention(q, kc, kc, bt, cl, 32**-0.5, torch.float32))
+
+
+@pytest.mark.parametrize(
+    "context, programs, tile_n, sms, expected",
+    [
+        (200, 3, 64, 132, 64),  # batch 1, 3 kv heads: 4 partitions of one tile (12 programs, not 3)
+        (4096, 8, 64, 132, 256),  # batch 1, 8 kv heads: 16 partitions -> 128 programs
+        (4096, 8 * 64, 64, 132, 512),  # a full batch fills the GPU already: the default partition
+        (100_000, 8, 32, 132, 512),  # long contexts never get partitions above the default
+        (1, 1, 16, 132, 16),
+    ],
+)
+def test_partition_size_fills_the_sms(context, programs, tile_n, sms, expected):
+    size = partition_size_for(context, programs, tile_n, sms)
+    assert size == expected
+    assert size & (size - 1) == 0 and size >= tile_n
+
+
+def test_results_do_not_depend_on_the_split(device):
+    """The same decode under every partition size the sizing can pick: one partition to many."""
+    torch.manual_seed(1)
+    q = torch.randn(2, 4, 64, device=device)
+    k_cache, v_cache = torch.randn(2, 24, 16, 2, 64, device=device).unbind(0)
+    tables = torch.randperm(24, device=device).to(torch.int32).view(2, 12)
+    lens = torch.tensor([190, 37], dtype=torch.int32, device=device)
+    outs = [paged_decode_attention(q, k_cache, v_cache, tables, lens, partition_size=p) for p in (16, 64, 256)]
+    for out in outs[1:]:
+        torch.testing.assert_close(out, outs[0])
