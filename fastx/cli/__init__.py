@@ -6,6 +6,7 @@
     fastx bench e2e --quick                        fastx vs transformers, end to end
     fastx kernels --target sm_90                   compile report (registers, spills, shared memory)
     fastx kernels --check                          kernel correctness self-check on this machine
+    fastx selftest                                 kernels, greedy tokens vs transformers, GPU sweep: JSON
     fastx info                                     versions, device, backend, default models
 
 Errors print one line, "fastx: error: ...", and exit 2 (wrong usage) or 1 (failed at run time);
@@ -18,11 +19,11 @@ import argparse
 import os
 import sys
 
-from fastx.cli import bench, embed, generate, info, kernels
+from fastx.cli import bench, embed, generate, info, kernels, selftest
 from fastx.cli.common import PROG, UsageError
 
 # Each command module: NAME, HELP, DESCRIPTION, EPILOG, add_arguments(parser) and run(args).
-COMMANDS = (generate, embed, bench, kernels, info)
+COMMANDS = (generate, embed, bench, kernels, selftest, info)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -69,6 +69,14 @@ def read_prompt_file(path: str) -> list[str]:
     return prompts
 
 
+def check_dtypes(text: str | None) -> list[str] | None:
+    """--dtype of the kernel checks: a comma list of fp32, fp16, bf16 (None: the command's default)."""
+    dtypes = text.split(",") if text else None
+    if dtypes and not set(dtypes) <= {"fp32", "fp16", "bf16"}:
+        raise UsageError(f"--dtype: expected a comma list of fp32, fp16, bf16, got {text!r}")
+    return dtypes
+
+
 def rerun(argv: list[str], env_changes: dict[str, str | None]) -> int:
     """Run `python -m fastx ARGV` in a fresh process with a changed environment (interpreter on/off)."""
     env = dict(os.environ)

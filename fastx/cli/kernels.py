@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from fastx.cli.common import UsageError, rerun
+from fastx.cli.common import UsageError, check_dtypes, rerun
 from fastx.kernels import interpreter_enabled
 from fastx.kernels.report import format_table, parse_targets
 
@@ -126,7 +126,5 @@ def _check(args, dtypes: list[str] | None) -> int:
 
 
 def run(args) -> int:
-    dtypes = args.dtype.split(",") if args.dtype else None
-    if dtypes and not set(dtypes) <= {"fp32", "fp16", "bf16"}:
-        raise UsageError(f"--dtype: expected a comma list of fp32, fp16, bf16, got {args.dtype!r}")
+    dtypes = check_dtypes(args.dtype)
     return _check(args, dtypes) if args.check else _report(args)

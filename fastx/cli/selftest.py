@@ -1,0 +1,123 @@
+"""`fastx selftest`: the checks a first GPU session runs, in one command, with a JSON report.
+
+1. every kernel against eager PyTorch (fastx.testing.self_check): natively on a GPU, in Triton's
+   interpreter on a CPU;
+2. greedy generation of a tiny random Llama (GQA) built with transformers: fastx's paged engine
+   against transformers' `generate`, token for token, in fp32 on this device;
+3. on CUDA only, the kernel benchmark sweep (fastx vs eager PyTorch / torch SDPA, GB/s or TFLOP/s
+   and % of the GPU's peak) with PNG plots.
+Exits 1 when a check fails. Time on a CPU: about 15 s (one dtype by default there).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from typing import Any
+
+from fastx.cli.common import check_dtypes, device_name, package_version, rerun
+from fastx.kernels import interpreter_enabled
+
+NAME = "selftest"
+HELP = "kernel numerics, greedy tokens vs transformers, kernel sweep (GPU); JSON report"
+DESCRIPTION = __doc__.split("\n\n", 1)[1]
+EPILOG = "examples:\n  fastx selftest\n  fastx selftest --out results/ --dtype fp32,bf16"
+GREEDY_TOKENS = 32
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--out", default="fastx-selftest", help="report folder (default ./fastx-selftest)")
+    parser.add_argument("--dtype", default=None, help="kernel check dtypes (default: all three on CUDA, fp32 on a CPU)")
+    parser.add_argument("--quick", action="store_true", help="on CUDA: the short benchmark sweep")
+
+
+def _greedy_tokens(device: str) -> dict[str, Any]:
+    """A tiny GQA Llama: fastx LLM (paged engine) vs transformers' generate, 32 greedy tokens per prompt."""
+    try:
+        import transformers
+    except ImportError:
+        return {"ok": None, "skipped": "transformers is not installed (pip install transformers)"}
+    import torch
+
+    from fastx import LLM, SamplingParams
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=300,
+        hidden_size=80,
+        intermediate_size=200,
+        num_hidden_layers=3,
+        num_attention_heads=5,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+    )
+    reference = transformers.LlamaForCausalLM(config).eval()
+    prompts = [[1, 17, 42, 99, 7], [3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 77]]
+    with tempfile.TemporaryDirectory() as folder:
+        reference.save_pretrained(folder)
+        llm = LLM(folder, dtype="float32", device=device, skip_tokenizer_init=True, num_kv_blocks=64)
+        params = SamplingParams(temperature=0.0, max_tokens=GREEDY_TOKENS, ignore_eos=True)
+        ours = [list(o.outputs[0].token_ids) for o in llm.generate(prompts, params, use_tqdm=False)]
+    theirs = []
+    with torch.inference_mode():
+        for prompt in prompts:
+            ids = torch.tensor([prompt])
+            out = reference.generate(ids, max_new_tokens=GREEDY_TOKENS, min_new_tokens=GREEDY_TOKENS, do_sample=False)
+            theirs.append(out[0, len(prompt) :].tolist())
+    first_difference = [next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), None) for x, y in zip(ours, theirs)]
+    return {
+        "ok": ours == theirs,
+        "prompts": len(prompts),
+        "tokens": GREEDY_TOKENS,
+        "first_difference": first_difference,
+    }
+
+
+def run(args) -> int:
+    import torch
+
+    requested = check_dtypes(args.dtype)  # a bad flag fails before anything runs
+    cuda = torch.cuda.is_available()
+    if not cuda and not (interpreter_enabled() and os.environ.get("_FASTX_CHECK_CHILD")):
+        # The interpreter must be on before any kernel module is imported: a fresh process.
+        argv = ["selftest", "--out", args.out] + (["--dtype", args.dtype] if args.dtype else [])
+        return rerun(
+            argv + (["--quick"] if args.quick else []),
+            {"TRITON_INTERPRET": "1", "FASTX_BACKEND": None, "_FASTX_CHECK_CHILD": "1"},
+        )
+    from fastx.testing import make_interpreter_round_like_gpu, self_check
+
+    start = time.perf_counter()
+    device = "cuda" if cuda else "cpu"
+    dtypes = requested or (None if cuda else ["fp32"])
+    report: dict[str, Any] = {"fastx": package_version("fastx"), "torch": torch.__version__, "device": device_name()}
+    print(f"== kernels vs eager PyTorch on {report['device']}" + ("" if cuda else " (Triton's interpreter)"))
+    if not cuda:
+        make_interpreter_round_like_gpu()  # judge the kernels, not the interpreter's bf16 rounding
+    lines: list[str] = []
+    report["kernels_ok"] = self_check(device, dtypes, log=lambda line: (lines.append(line), print(line)))
+    report["kernel_checks"] = lines
+    print(f"== greedy tokens: fastx paged engine vs transformers ({device}, fp32)")
+    report["greedy"] = _greedy_tokens(device)
+    print(json.dumps(report["greedy"]))
+    report["sweep"] = []
+    os.makedirs(args.out, exist_ok=True)
+    if cuda:
+        from fastx.cli import bench_kernels
+
+        print("== kernel sweep: fastx (Triton) vs eager PyTorch / torch SDPA, bf16")
+        print(bench_kernels.KERNEL_HEADER)
+        report["sweep"] = bench_kernels.kernel_sweeps(args.quick)
+        try:
+            report["plots"] = bench_kernels.plot_sweeps(report["sweep"], args.out)
+        except ImportError:
+            report["plots"] = []
+    report["seconds"] = time.perf_counter() - start
+    path = os.path.join(args.out, "selftest.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=1)
+    ok = report["kernels_ok"] and report["greedy"]["ok"] is not False
+    print(f"wrote {path}; {'all checks passed' if ok else 'some checks FAILED'} in {report['seconds']:.0f} s")
+    return 0 if ok else 1
