@@ -67,16 +67,19 @@ def _run_e2e(report: dict[str, Any], device: str, quick: bool) -> None:
         print(_e2e_row(row), flush=True)
 
 
-def _write_plots(rows: list[dict[str, Any]], out: str) -> None:
+def write_plots(rows: list[dict[str, Any]], out: str) -> list[str]:
+    """PNGs of the kernel sweep rows in `out` (none, with a note, when matplotlib is missing)."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         print("matplotlib is not installed: no plots (pip install matplotlib to get PNGs of the sweeps)")
-        return
+        return []
     from fastx.cli.bench_kernels import plot_sweeps
 
-    for png in plot_sweeps(rows, out):
+    paths = plot_sweeps(rows, out)
+    for png in paths:
         print(f"wrote {png}")
+    return paths
 
 
 def run(args) -> int:
@@ -101,5 +104,5 @@ def run(args) -> int:
         json.dump(report, f, indent=1)
     print(f"wrote {path}")
     if report["kernels"]:
-        _write_plots(report["kernels"], args.out)
+        write_plots(report["kernels"], args.out)
     return 0

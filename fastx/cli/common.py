@@ -87,3 +87,16 @@ def rerun(argv: list[str], env_changes: dict[str, str | None]) -> int:
             env[key] = value
     sys.stdout.flush()
     return subprocess.call([sys.executable, "-m", "fastx", *argv], env=env)
+
+
+def in_interpreter_child() -> bool:
+    """True in the process `rerun_under_interpreter` started (the kernels may run on the CPU here)."""
+    from fastx.kernels import interpreter_enabled
+
+    return interpreter_enabled() and bool(os.environ.get("_FASTX_CHECK_CHILD"))
+
+
+def rerun_under_interpreter(argv: list[str]) -> int:
+    """Run `python -m fastx ARGV` with Triton's interpreter on: it must be chosen before any kernel
+    module is imported, so a CPU-only check runs in a fresh process."""
+    return rerun(argv, {"TRITON_INTERPRET": "1", "FASTX_BACKEND": None, "_FASTX_CHECK_CHILD": "1"})

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from fastx.cli.common import UsageError, check_dtypes, rerun
+from fastx.cli.common import UsageError, check_dtypes, in_interpreter_child, rerun, rerun_under_interpreter
 from fastx.kernels import interpreter_enabled
 from fastx.kernels.report import format_table, parse_targets
 
@@ -118,11 +118,9 @@ def _self_check(dtypes: list[str] | None) -> int:
 def _check(args, dtypes: list[str] | None) -> int:
     import torch
 
-    if torch.cuda.is_available() or (interpreter_enabled() and os.environ.get("_FASTX_CHECK_CHILD")):
+    if torch.cuda.is_available() or in_interpreter_child():
         return _self_check(dtypes)
-    # The interpreter must be on before any kernel module is imported: a fresh process.
-    argv = ["kernels", "--check"] + (["--dtype", args.dtype] if args.dtype else [])
-    return rerun(argv, {"TRITON_INTERPRET": "1", "FASTX_BACKEND": None, "_FASTX_CHECK_CHILD": "1"})
+    return rerun_under_interpreter(["kernels", "--check"] + (["--dtype", args.dtype] if args.dtype else []))
 
 
 def run(args) -> int:

@@ -17,8 +17,8 @@ import tempfile
 import time
 from typing import Any
 
-from fastx.cli.common import check_dtypes, device_name, package_version, rerun
-from fastx.kernels import interpreter_enabled
+from fastx.cli.bench import write_plots
+from fastx.cli.common import check_dtypes, device_name, in_interpreter_child, package_version, rerun_under_interpreter
 
 NAME = "selftest"
 HELP = "kernel numerics, greedy tokens vs transformers, kernel sweep (GPU); JSON report"
@@ -80,13 +80,9 @@ def run(args) -> int:
 
     requested = check_dtypes(args.dtype)  # a bad flag fails before anything runs
     cuda = torch.cuda.is_available()
-    if not cuda and not (interpreter_enabled() and os.environ.get("_FASTX_CHECK_CHILD")):
-        # The interpreter must be on before any kernel module is imported: a fresh process.
+    if not cuda and not in_interpreter_child():
         argv = ["selftest", "--out", args.out] + (["--dtype", args.dtype] if args.dtype else [])
-        return rerun(
-            argv + (["--quick"] if args.quick else []),
-            {"TRITON_INTERPRET": "1", "FASTX_BACKEND": None, "_FASTX_CHECK_CHILD": "1"},
-        )
+        return rerun_under_interpreter(argv + (["--quick"] if args.quick else []))
     from fastx.testing import make_interpreter_round_like_gpu, self_check
 
     start = time.perf_counter()
@@ -110,10 +106,7 @@ def run(args) -> int:
         print("== kernel sweep: fastx (Triton) vs eager PyTorch / torch SDPA, bf16")
         print(bench_kernels.KERNEL_HEADER)
         report["sweep"] = bench_kernels.kernel_sweeps(args.quick)
-        try:
-            report["plots"] = bench_kernels.plot_sweeps(report["sweep"], args.out)
-        except ImportError:
-            report["plots"] = []
+        report["plots"] = write_plots(report["sweep"], args.out)
     report["seconds"] = time.perf_counter() - start
     path = os.path.join(args.out, "selftest.json")
     with open(path, "w", encoding="utf-8") as f:
