@@ -6,6 +6,7 @@ Kept free of any knowledge of models or the engine; plain tensors in, plain tens
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -18,6 +19,13 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Triton signature strings for the element types fastx kernels accept, used by the
 # ahead-of-time compile report (aot.py) to describe a kernel's pointer arguments.
 TRITON_POINTER_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
+
+
+def checks_values(t: torch.Tensor) -> bool:
+    """Whether argument checks may read `t`'s contents: always on the CPU (free); on a GPU only with
+    FASTX_DEBUG=1, because reading device memory stalls the host until the GPU catches up (and
+    breaks CUDA-graph capture)."""
+    return t.device.type == "cpu" or os.environ.get("FASTX_DEBUG", "0").strip() not in ("", "0")
 
 
 def check_float(name: str, t: torch.Tensor) -> None:

@@ -16,12 +16,12 @@ pay for masking. With a block table, key rows are gathered through it from a pag
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from fastx.kernels import _common
 from fastx.kernels._common import TRITON_POINTER_TYPES, check_float, check_same_device, next_power_of_2, on_input_device
 from fastx.kernels.aot import AotConfig
 
@@ -320,18 +320,13 @@ def attention_launch_config(head_dim: int, dtype: torch.dtype) -> dict:
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": block_d, "num_warps": warps, "num_stages": stages}
 
 
-def _debug_values(t: torch.Tensor) -> bool:
-    """Value checks read tensor contents: free on the CPU, a device sync on CUDA (FASTX_DEBUG=1 only)."""
-    return t.device.type == "cpu" or os.environ.get("FASTX_DEBUG", "0") == "1"
-
-
 def _check_cu_seqlens(name: str, cu: torch.Tensor, batch: int | None, total: int | None, max_seqlen: int) -> None:
     if not isinstance(cu, torch.Tensor) or cu.dtype != torch.int32 or cu.dim() != 1 or cu.numel() < 1:
         got = f"{cu.dtype} of shape {tuple(cu.shape)}" if isinstance(cu, torch.Tensor) else type(cu).__name__
         raise ValueError(f"{name}: expected a 1-D int32 tensor of shape (B + 1,), got {got}")
     if batch is not None and cu.numel() != batch + 1:
         raise ValueError(f"{name}: expected shape ({batch + 1},) (as cu_seqlens_q), got {tuple(cu.shape)}")
-    if not _debug_values(cu):
+    if not _common.checks_values(cu):
         return
     values = cu.cpu().to(torch.int64)
     if values[0].item() != 0:
@@ -523,7 +518,7 @@ def _check_block_table(block_table, batch, num_blocks, page_size, cu_seqlens_k) 
         )
     if page_size < 1:
         raise ValueError(f"k: expected a block size >= 1 (dim 1 of the paged cache), got {page_size}")
-    if not _debug_values(block_table):
+    if not _common.checks_values(block_table):
         return
     lengths = (cu_seqlens_k[1:] - cu_seqlens_k[:-1]).cpu().to(torch.int64)
     capacity = block_table.shape[1] * page_size

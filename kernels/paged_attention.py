@@ -10,9 +10,15 @@ Cache layout: k_cache and v_cache are (N, B, K, D); slot s is block s // B, offs
 Decode is flash-decoding: phase 1 (grid S x K x P) walks one partition of a context in tiles
 of TILE_N tokens gathered row by row through the block table, with an fp32 online softmax, and
 writes partial (max, sum of exp, unnormalised accumulator) per query head to fp32 scratch;
-phase 2 (grid S x H) merges the partitions with log-sum-exp rescaling. When every context fits
-one partition (ONE_PARTITION) phase 1 normalises and writes the output itself and phase 2 is
-skipped. Nothing inside a program scales with the context length except the loop count.
+phase 2 (grid S x H) merges the partitions with log-sum-exp rescaling. With one partition
+(ONE_PARTITION) phase 1 normalises and writes the output itself and phase 2 is skipped.
+
+The split count P is a launch argument, not a function of the context: each program cuts its
+sequence's context into P equal partitions (rounded up to whole tiles) read from CONTEXT_LENS.
+The grid and every scalar argument therefore depend only on the batch size and P, so a decode
+step can be captured once in a CUDA graph and replayed as contexts grow; and a short context
+still spreads over P programs (batch 1 fills the SMs at any length). Nothing inside a program
+scales with the context length except the loop count.
 
 NOTE (GQA): one phase-1 program serves all G query heads of its kv head, so each K/V tile is
 read from memory once per group. The G rows are padded to BLOCK_G >= 16 and multiplied with
@@ -27,21 +33,23 @@ tensors they always run; on CUDA they cost a device sync, so they run only with 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from fastx.kernels import _common
 from fastx.kernels._common import TRITON_POINTER_TYPES, check_float, check_same_device, next_power_of_2, on_input_device
 from fastx.kernels.aot import AotConfig
 
-# Tokens of one phase-1 partition. 512 gives 16 partitions at an 8192-token context, so a
-# batch of 1 with 8 kv heads still launches 128 programs (about one per SM of an H100).
-DEFAULT_PARTITION_SIZE = 512
+# Splits when neither the caller nor a GPU says: enough to exercise the merge, few enough that
+# the interpreter stays quick. On CUDA the default comes from the SM count (splits_for).
+DEFAULT_NUM_SPLITS = 4
+# No more splits than this: the phase-2 merge reads them all, and past ~2 waves of programs
+# more splits only add scratch traffic.
+MAX_NUM_SPLITS = 64
 # Partitions merged per step of the phase-2 loop (bounds its registers at any context length).
 REDUCE_BLOCK_P = 32
 LOG2E = 1.4426950408889634  # softmax runs in base 2: exp(x) = exp2(x * log2(e))
@@ -87,6 +95,13 @@ def _write_kv_cache_kernel(
 
 
 @triton.jit
+def _partition_len(context_len, num_partitions, TILE_N: tl.constexpr):
+    """Tokens per partition of this context: a 1/P share rounded up to whole tiles (>= one tile)."""
+    tiles = tl.cdiv(tl.cdiv(context_len, num_partitions), TILE_N)
+    return tl.maximum(tiles, 1) * TILE_N
+
+
+@triton.jit
 def _paged_decode_partition_kernel(
     Q,  # (S, H, D) queries, unit last stride
     K_CACHE,  # (N, B, K, D) key cache
@@ -106,14 +121,13 @@ def _paged_decode_partition_kernel(
     stride_bt,  # elements between rows of BLOCK_TABLES
     num_heads,  # H
     query_group,  # G = H // K
-    num_partitions,  # P (the grid's third dimension)
+    num_partitions,  # P (the grid's third dimension): splits of every context
     HEAD_DIM: tl.constexpr,  # D (constexpr: the D mask then has known constancy and loads vectorise)
     BLOCK_SIZE: tl.constexpr,  # B, tokens per cache block
     BLOCK_G: tl.constexpr,  # G padded to >= 16 (tl.dot needs M >= 16 on a GPU)
     BLOCK_D: tl.constexpr,  # D padded to a power of two >= 16
     TILE_N: tl.constexpr,  # tokens per loop step, a power of two (rows are gathered one by one, so any B)
-    PARTITION_SIZE: tl.constexpr,  # tokens per program (a multiple of TILE_N)
-    ONE_PARTITION: tl.constexpr,  # every context fits one partition: normalise and write OUT here
+    ONE_PARTITION: tl.constexpr,  # P == 1: normalise and write OUT here
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 caches (no TF32), "tf32" is ignored for 16-bit
     ALIGNED: tl.constexpr,  # caches 16-byte aligned with 16-byte-multiple strides (launcher checks)
 ):
@@ -121,8 +135,9 @@ def _paged_decode_partition_kernel(
     kv_head = tl.program_id(1)
     part = tl.program_id(2)
     context_len = tl.load(CONTEXT_LENS + seq)
-    start = part * PARTITION_SIZE
-    end = tl.minimum(start + PARTITION_SIZE, context_len)
+    part_len = _partition_len(context_len, num_partitions, TILE_N)
+    start = part * part_len
+    end = tl.minimum(start + part_len, context_len)
 
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, BLOCK_D)
@@ -193,14 +208,14 @@ def _paged_decode_reduce_kernel(
     num_heads,  # H
     head_dim,  # D
     num_partitions,  # P
-    PARTITION_SIZE: tl.constexpr,  # tokens per partition (to count this context's partitions)
+    TILE_N: tl.constexpr,  # phase 1's tile (partitions are whole tiles: to count this context's)
     BLOCK_P: tl.constexpr,  # partitions merged per loop step
     BLOCK_D: tl.constexpr,  # D padded to a power of two
 ):
     seq = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     context_len = tl.load(CONTEXT_LENS + seq)
-    n_parts = tl.cdiv(context_len, PARTITION_SIZE)
+    n_parts = tl.cdiv(context_len, _partition_len(context_len, num_partitions, TILE_N))
     row = (seq * num_heads + head) * num_partitions  # int64 offset of partition 0 of this (seq, head)
     offs_p = tl.arange(0, BLOCK_P)
     offs_d = tl.arange(0, BLOCK_D)
@@ -253,7 +268,6 @@ def decode_launch_config(head_dim: int, block_size: int, dtype: torch.dtype, gro
         "BLOCK_G": max(16, next_power_of_2(group_size)),
         "BLOCK_D": block_d,
         "TILE_N": tile_n,
-        "PARTITION_SIZE": max(DEFAULT_PARTITION_SIZE, tile_n),
         "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32",
         # 8 warps once a K tile reaches 16 KiB: 4 warps spill the fp32 D=128 tile on sm_90 (report).
         "num_warps": 8 if tile_n * block_d * elem >= 16 * 1024 else 4,
@@ -261,17 +275,18 @@ def decode_launch_config(head_dim: int, block_size: int, dtype: torch.dtype, gro
     }
 
 
-def partition_size_for(max_context_len: int, programs_per_partition: int, tile_n: int, num_sms: int) -> int:
-    """Tokens per phase-1 partition so that (sequences x kv heads x partitions) programs fill the GPU.
+def splits_for(n_seqs: int, kv_heads: int, tile_n: int, num_sms: int | None, max_context_len: int | None) -> int:
+    """Phase-1 splits per context so that (sequences x kv heads x splits) programs fill the GPU.
 
     Without a split, batch 1 of a model with 3-8 KV heads launches 3-8 programs on a 132-SM GPU.
-    The partition shrinks (in powers of two) until the grid has about one program per SM, never
-    below one tile (a program walks at least TILE_N tokens) nor above DEFAULT_PARTITION_SIZE
-    (long contexts keep their many partitions).
+    The count depends on the batch and the device (DEFAULT_NUM_SPLITS without a GPU), and on a
+    context bound only when one is given: a bound fixed for the engine's life (its longest
+    sequence) keeps the grid fixed; no more splits than tiles in that bound.
     """
-    wanted = max(1, -(-num_sms // max(1, programs_per_partition)))  # partitions per (sequence, kv head)
-    size = next_power_of_2(max(1, -(-max_context_len // wanted)))
-    return min(max(size, tile_n, 16), max(DEFAULT_PARTITION_SIZE, tile_n))
+    wanted = DEFAULT_NUM_SPLITS if num_sms is None else -(-num_sms // max(1, n_seqs * kv_heads))
+    if max_context_len is not None:
+        wanted = min(wanted, -(-max_context_len // tile_n))
+    return max(1, min(wanted, MAX_NUM_SPLITS))
 
 
 @functools.cache
@@ -283,11 +298,6 @@ def _aligned_16b(*caches: torch.Tensor) -> bool:
     """Every cache row starts on a 16-byte boundary (host metadata only: no sync)."""
     elem = caches[0].element_size()
     return all(c.data_ptr() % 16 == 0 and all(st * elem % 16 == 0 for st in c.stride()[:3]) for c in caches)
-
-
-def _debug_checks(t: torch.Tensor) -> bool:
-    """Value checks need the tensor's contents: free on the CPU, a device sync on CUDA."""
-    return not t.is_cuda or os.environ.get("FASTX_DEBUG", "0").strip() not in ("", "0")
 
 
 # ----------------------------------------------------------------------------- validation
@@ -333,13 +343,13 @@ def check_write_args(key, value, k_cache, v_cache, slot_mapping) -> None:
         )
     check_same_device(key=key, value=value, k_cache=k_cache, v_cache=v_cache, slot_mapping=slot_mapping)
     num_slots = k_cache.shape[0] * k_cache.shape[1]
-    if _debug_checks(slot_mapping) and slot_mapping.numel() and int(slot_mapping.max()) >= num_slots:
+    if _common.checks_values(slot_mapping) and slot_mapping.numel() and int(slot_mapping.max()) >= num_slots:
         raise ValueError(
             f"slot_mapping: expected slots < num_blocks * block_size = {num_slots}, got {int(slot_mapping.max())}"
         )
 
 
-def check_decode_args(q, k_cache, v_cache, block_tables, context_lens, max_context_len, partition_size) -> None:
+def check_decode_args(q, k_cache, v_cache, block_tables, context_lens, max_context_len, num_splits) -> None:
     """Validate paged_decode_attention's arguments (shared with the eager op)."""
     check_float("q", q)
     if q.dim() != 3:
@@ -359,9 +369,9 @@ def check_decode_args(q, k_cache, v_cache, block_tables, context_lens, max_conte
             f"context_lens: expected shape ({n_seqs},) of int32, got {tuple(context_lens.shape)} {context_lens.dtype}"
         )
     check_same_device(q=q, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables, context_lens=context_lens)
-    if partition_size is not None and (partition_size < 16 or partition_size & (partition_size - 1)):
-        raise ValueError(f"partition_size: expected a power of two >= 16, got {partition_size}")
-    if not _debug_checks(context_lens) or n_seqs == 0:
+    if num_splits is not None and not (isinstance(num_splits, int) and 1 <= num_splits <= MAX_NUM_SPLITS):
+        raise ValueError(f"num_splits: expected an integer in [1, {MAX_NUM_SPLITS}], got {num_splits!r}")
+    if not _common.checks_values(context_lens) or n_seqs == 0:
         return
     capacity = block_tables.shape[1] * block_size
     longest = int(context_lens.max())
@@ -424,40 +434,36 @@ def write_kv_cache(key, value, k_cache, v_cache, slot_mapping) -> None:
 
 @on_input_device
 def paged_decode_attention(
-    q, k_cache, v_cache, block_tables, context_lens, scale=None, max_context_len=None, partition_size=None
+    q, k_cache, v_cache, block_tables, context_lens, scale=None, max_context_len=None, num_splits=None
 ) -> torch.Tensor:
     """Attention of one new query token per sequence over its paged context; returns (S, H, D) in q's dtype.
 
     q: (S, H, D); k_cache, v_cache: (N, B, K, D) with H % K == 0 (GQA); block_tables: (S,
     max_blocks) int32; context_lens: (S,) int32, counting the new token (whose K/V must already
     be in the cache). scale defaults to 1/sqrt(D). A context of length 0 gives zeros.
-    `max_context_len` (a host int >= every context length) sizes the split-K grid; if None it is
-    read from context_lens, one device sync on CUDA. `partition_size` (a power of two >= 16)
-    is the tokens per phase-1 program; by default sized on CUDA to fill the SMs
-    (partition_size_for), 512 elsewhere. Value checks (context lengths within
-    max_blocks * B, used block-table entries within [0, N)) run on CPU tensors always and on
-    CUDA only with FASTX_DEBUG=1.
+    `num_splits` (1..MAX_NUM_SPLITS) is how many programs share each (sequence, kv head); by
+    default splits_for(...) sizes it to the GPU's SMs, capped by `max_context_len` (a host int
+    >= every context length) when given. The grid and the scalar arguments depend on S and the
+    split count only, never on the contexts (CUDA-graph capture relies on it). Value checks
+    (context lengths within max_blocks * B, used block-table entries within [0, N)) run on CPU
+    tensors always and on CUDA only with FASTX_DEBUG=1.
     """
-    check_decode_args(q, k_cache, v_cache, block_tables, context_lens, max_context_len, partition_size)
+    check_decode_args(q, k_cache, v_cache, block_tables, context_lens, max_context_len, num_splits)
     n_seqs, n_heads, head_dim = q.shape
     _, block_size, kv_heads, _ = k_cache.shape
     out = torch.empty((n_seqs, n_heads, head_dim), dtype=q.dtype, device=q.device)
     if out.numel() == 0:
         return out
-    if max_context_len is None:
-        max_context_len = int(context_lens.max())
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
     q = q if q.stride(-1) == 1 else q.contiguous()
     group = n_heads // kv_heads
 
     cfg = decode_launch_config(head_dim, block_size, q.dtype, group)
-    if partition_size is None and q.is_cuda:
-        partition_size = partition_size_for(max_context_len, n_seqs * kv_heads, cfg["TILE_N"], _sm_count(q.device))
-    if partition_size is not None:
-        cfg["PARTITION_SIZE"] = partition_size
-        cfg["TILE_N"] = min(cfg["TILE_N"], partition_size)  # both powers of two: tiles divide the partition
+    if num_splits is None:
+        sms = _sm_count(q.device) if q.is_cuda else None
+        num_splits = splits_for(n_seqs, kv_heads, cfg["TILE_N"], sms, max_context_len)
     num_warps, num_stages = cfg.pop("num_warps"), cfg.pop("num_stages")
-    num_partitions = max(1, triton.cdiv(max_context_len, cfg["PARTITION_SIZE"]))
+    num_partitions = num_splits
     one_partition = num_partitions == 1
     if one_partition:
         m_part = l_part = acc_part = out  # unused by the ONE_PARTITION kernel
@@ -503,7 +509,7 @@ def paged_decode_attention(
             n_heads,
             head_dim,
             num_partitions,
-            PARTITION_SIZE=cfg["PARTITION_SIZE"],
+            TILE_N=cfg["TILE_N"],
             BLOCK_P=REDUCE_BLOCK_P,
             BLOCK_D=cfg["BLOCK_D"],
         )
@@ -598,7 +604,6 @@ def aot_configs() -> list[AotConfig]:
                     "BLOCK_G": cfg["BLOCK_G"],
                     "BLOCK_D": cfg["BLOCK_D"],
                     "TILE_N": cfg["TILE_N"],
-                    "PARTITION_SIZE": cfg["PARTITION_SIZE"],
                     "ONE_PARTITION": one_partition,
                     "DOT_PRECISION": cfg["DOT_PRECISION"],
                     "ALIGNED": True,
@@ -608,10 +613,6 @@ def aot_configs() -> list[AotConfig]:
                 note=f"decode {name} D={head_dim} B={block_size} G={group}",
             )
         )
-        if not one_partition and dtype == torch.bfloat16 and head_dim == 128 and block_size == 16:
-            # The GPU-sized split (partition_size_for) at its smallest: one tile per partition.
-            small = dict(configs[-1].constexprs, PARTITION_SIZE=cfg["TILE_N"])
-            configs.append(dataclasses.replace(configs[-1], constexprs=small, note=configs[-1].note + " P=tile"))
         if not one_partition and (dtype, cfg["BLOCK_D"]) not in reduce_done:
             reduce_done.add((dtype, cfg["BLOCK_D"]))
             configs.append(
@@ -628,7 +629,7 @@ def aot_configs() -> list[AotConfig]:
                         "num_partitions": "i32",
                     },
                     constexprs={
-                        "PARTITION_SIZE": cfg["PARTITION_SIZE"],
+                        "TILE_N": cfg["TILE_N"],
                         "BLOCK_P": REDUCE_BLOCK_P,
                         "BLOCK_D": cfg["BLOCK_D"],
                     },

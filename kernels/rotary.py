@@ -17,12 +17,11 @@ stride is read in place; only a non-unit stride along D makes the launcher copy 
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from fastx.kernels import _common
 from fastx.kernels._common import (
     TRITON_POINTER_TYPES,
     check_float,
@@ -188,7 +187,7 @@ def _check_positions(positions: torch.Tensor, n_tokens: int, n_positions: int) -
     if positions.shape != (n_tokens,):
         raise ValueError(f"positions: expected shape ({n_tokens},), got {tuple(positions.shape)}")
     # Reading the range back costs a device sync: free on the CPU, opt-in on a GPU.
-    if n_tokens and (positions.device.type == "cpu" or os.environ.get("FASTX_DEBUG") == "1"):
+    if n_tokens and _common.checks_values(positions):
         low, high = positions.min().item(), positions.max().item()
         if low < 0 or high >= n_positions:
             raise ValueError(

@@ -34,6 +34,9 @@ class AttentionMetadata:
     block_tables: torch.Tensor | None = None  # (B, max_blocks) int32
     context_lens: torch.Tensor | None = None  # (B,) int32: context per sequence (decode)
     is_decode: bool = False  # every sequence has exactly one new token
+    # Decode kernel's splits per context; the engine fixes it per batch bucket so a captured
+    # step's grid never changes. None: sized by the kernel launcher.
+    decode_splits: int | None = None
     packed: PackedBatch | None = None  # set for padded-batch calls: to unpack outputs
 
     def to(self, device: torch.device | str) -> AttentionMetadata:
@@ -106,6 +109,7 @@ def causal_attention(
             meta.context_lens,
             scale=scale,
             max_context_len=meta.max_seqlen_k,
+            num_splits=meta.decode_splits,
             validate=False,
         )
     else:  # prefill (possibly chunked, possibly after a cached prefix): new queries over the paged context

@@ -9,7 +9,7 @@ from fastx.ops.attention import scaled_dot_product_attention, varlen_attention
 from fastx.ops.conv import conv2d
 from fastx.ops.linear import linear, pack_linear_weights
 from fastx.ops.norms import add_layer_norm, add_rms_norm, layer_norm, rms_norm
-from fastx.ops.paged_attention import paged_decode_attention, write_kv_cache
+from fastx.ops.paged_attention import decode_num_splits, paged_decode_attention, write_kv_cache
 from fastx.ops.rotary import RotaryAngles, rotary_angles, rotary_embedding
 
 __all__ = [
@@ -31,4 +31,5 @@ __all__ = [
     "varlen_attention",
     "write_kv_cache",
     "paged_decode_attention",
+    "decode_num_splits",
 ]

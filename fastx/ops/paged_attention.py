@@ -54,21 +54,21 @@ def paged_decode_attention(
     context_lens,
     scale=None,
     max_context_len=None,
-    partition_size=None,
+    num_splits=None,
     *,
     validate: bool = True,
 ) -> torch.Tensor:
     """Decode attention of q (S, H, D) over each sequence's paged context; returns (S, H, D) in q's dtype.
 
     See fastx.kernels.paged_attention.paged_decode_attention for the arguments; the eager path
-    ignores partition_size (it only shapes the kernel's grid). validate=False: as in write_kv_cache.
+    ignores num_splits (it only shapes the kernel's grid). validate=False: as in write_kv_cache.
     """
     if use_triton(q, k_cache, v_cache, block_tables, context_lens):
         return _kernels.paged_decode_attention(
-            q, k_cache, v_cache, block_tables, context_lens, scale, max_context_len, partition_size
+            q, k_cache, v_cache, block_tables, context_lens, scale, max_context_len, num_splits
         )
     if validate:
-        _kernels.check_decode_args(q, k_cache, v_cache, block_tables, context_lens, max_context_len, partition_size)
+        _kernels.check_decode_args(q, k_cache, v_cache, block_tables, context_lens, max_context_len, num_splits)
     n_seqs, n_heads, head_dim = q.shape
     _, block_size, kv_heads, _ = k_cache.shape
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
@@ -117,3 +117,16 @@ def _gather_head_major(cache: torch.Tensor, tables: torch.Tensor, n_seqs: int, l
     _, _, kv_heads, head_dim = cache.shape
     gathered = cache.index_select(0, tables).view(n_seqs, -1, kv_heads, head_dim)[:, :length]
     return _as_compute(gathered.transpose(1, 2))
+
+
+def decode_num_splits(n_seqs: int, n_heads: int, k_cache: torch.Tensor, max_context_len: int | None = None) -> int:
+    """The split count paged_decode_attention's kernel picks for `n_seqs` queries on this cache's device.
+
+    With a `max_context_len` fixed for a caller's lifetime (an engine's longest sequence) the
+    result depends on n_seqs only: the engine computes it once per batch bucket and passes it
+    in every step, so a decode step's grid is the same at every context length.
+    """
+    _, block_size, kv_heads, head_dim = k_cache.shape
+    cfg = _kernels.decode_launch_config(head_dim, block_size, k_cache.dtype, max(1, n_heads // kv_heads))
+    sms = torch.cuda.get_device_properties(k_cache.device).multi_processor_count if k_cache.is_cuda else None
+    return _kernels.splits_for(n_seqs, kv_heads, cfg["TILE_N"], sms, max_context_len)

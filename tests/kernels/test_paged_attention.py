@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 
-from fastx.kernels.paged_attention import paged_decode_attention, partition_size_for, write_kv_cache
+from fastx.kernels.paged_attention import MAX_NUM_SPLITS, paged_decode_attention, splits_for, write_kv_cache
 from fastx.testing import assert_matches_reference
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -109,29 +109,29 @@ def test_write_kv_cache_empty_and_errors(device):
 
 # -- paged_decode_attention --------------------------------------------------------------------
 
-# (dtype, D, B, H, K, context lens, partition_size): every D of 32/64/80/128, B of 8/16/32,
+# (dtype, D, B, H, K, context lens, num_splits): every D of 32/64/80/128, B of 8/16/32,
 # H/K of 1/3/4, lengths 1, 37 (not a multiple of B), 131, a batch of 1 and 200, empty contexts,
-# and a ~1000-token context over several partitions (split-K + merge).
+# a ~1000-token context over several partitions (split-K + merge), one split, and more splits
+# than a short context has tiles (the surplus partitions are empty).
 CASES = [
     (torch.float32, 64, 16, 4, 4, [1, 37, 131], None),
     (torch.float16, 32, 8, 6, 2, [37, 5], None),
     (torch.bfloat16, 80, 32, 8, 2, [131, 1], None),
     (torch.bfloat16, 128, 16, 8, 2, [1, 200], None),
-    (torch.float16, 128, 16, 3, 1, [1000, 37], 128),
-    (torch.float32, 64, 8, 6, 2, [0, 37, 300], 64),
+    (torch.float16, 128, 16, 3, 1, [1000, 37], 8),
+    (torch.float32, 64, 8, 6, 2, [0, 37, 300], 1),
+    (torch.float32, 64, 8, 6, 2, [0, 37, 300], 13),
     (torch.bfloat16, 64, 16, 3, 3, [0, 0], None),
 ]
 
 
-@pytest.mark.parametrize("dtype, head_dim, block_size, n_heads, kv_heads, lens, partition_size", CASES)
-def test_paged_decode_matches_dense_attention(
-    device, dtype, head_dim, block_size, n_heads, kv_heads, lens, partition_size
-):
+@pytest.mark.parametrize("dtype, head_dim, block_size, n_heads, kv_heads, lens, num_splits", CASES)
+def test_paged_decode_matches_dense_attention(device, dtype, head_dim, block_size, n_heads, kv_heads, lens, num_splits):
     k_cache, v_cache, tables, context_lens = _paged_setup(lens, kv_heads, head_dim, block_size, dtype, device)
     # q as a strided slice of a fused projection (unit last stride, gaps between sequences).
     q = torch.randn(len(lens), n_heads + 2, head_dim, device=device).to(dtype)[:, 1:-1]
     scale = 1.0 / math.sqrt(head_dim)
-    out = paged_decode_attention(q, k_cache, v_cache, tables, context_lens, partition_size=partition_size)
+    out = paged_decode_attention(q, k_cache, v_cache, tables, context_lens, num_splits=num_splits)
     assert out.shape == q.shape and out.dtype == dtype
     ref = _dense_attention(q, k_cache, v_cache, tables, context_lens, scale, torch.float64)
     eager = _dense_attention(q, k_cache, v_cache, tables, context_lens, scale, dtype)
@@ -146,10 +146,8 @@ def test_paged_decode_scale_and_max_context_len(device):
     k_cache, v_cache, tables, context_lens = _paged_setup(lens, 2, 64, 16, torch.float32, device)
     q = torch.randn(2, 4, 64, device=device)
     ref = _dense_attention(q, k_cache, v_cache, tables, context_lens, 0.3, torch.float32)
-    # A generous host-side max_context_len only adds empty partitions to the grid.
-    out = paged_decode_attention(
-        q, k_cache, v_cache, tables, context_lens, scale=0.3, max_context_len=200, partition_size=16
-    )
+    # A generous host-side bound only caps the default split count less.
+    out = paged_decode_attention(q, k_cache, v_cache, tables, context_lens, scale=0.3, max_context_len=200)
     torch.testing.assert_close(out, ref)
     out = paged_decode_attention(q, k_cache, v_cache, tables, context_lens, scale=0.3, max_context_len=37)
     torch.testing.assert_close(out, ref)
@@ -198,7 +196,8 @@ def _bad_decode_cases():
             "block_tables: expected used entries in [0, 6)",
         ),
         ((q, kc, kc, bt, cl), {"max_context_len": 10}, "max_context_len: expected >= the longest context 20"),
-        ((q, kc, kc, bt, cl), {"partition_size": 100}, "partition_size: expected a power of two >= 16, got 100"),
+        ((q, kc, kc, bt, cl), {"num_splits": 0}, f"num_splits: expected an integer in [1, {MAX_NUM_SPLITS}], got 0"),
+        ((q, kc, kc, bt, cl), {"num_splits": 2.0}, "num_splits: expected an integer in"),
     ]
 
 
@@ -219,28 +218,27 @@ def test_paged_decode_ignores_unused_table_entries():
 
 
 @pytest.mark.parametrize(
-    "context, programs, tile_n, sms, expected",
+    "n_seqs, kv_heads, tile_n, sms, bound, expected",
     [
-        (200, 3, 64, 132, 64),  # batch 1, 3 kv heads: 4 partitions of one tile (12 programs, not 3)
-        (4096, 8, 64, 132, 256),  # batch 1, 8 kv heads: 16 partitions -> 128 programs
-        (4096, 8 * 64, 64, 132, 512),  # a full batch fills the GPU already: the default partition
-        (100_000, 8, 32, 132, 512),  # long contexts never get partitions above the default
-        (1, 1, 16, 132, 16),
+        (1, 3, 64, 132, None, 44),  # batch 1, 3 kv heads: 132 programs, not 3
+        (1, 8, 64, 132, None, 17),  # batch 1, 8 kv heads: 136 programs
+        (64, 8, 64, 132, None, 1),  # a full batch fills the GPU already: no split
+        (1, 1, 16, 132, None, MAX_NUM_SPLITS),  # never more than the merge's bound
+        (1, 8, 64, 132, 200, 4),  # a context bound caps it: no partition without a tile
+        (1, 8, 64, None, None, 4),  # no GPU: the default
     ],
 )
-def test_partition_size_fills_the_sms(context, programs, tile_n, sms, expected):
-    size = partition_size_for(context, programs, tile_n, sms)
-    assert size == expected
-    assert size & (size - 1) == 0 and size >= tile_n
+def test_splits_fill_the_sms(n_seqs, kv_heads, tile_n, sms, bound, expected):
+    assert splits_for(n_seqs, kv_heads, tile_n, sms, bound) == expected
 
 
 def test_results_do_not_depend_on_the_split(device):
-    """The same decode under every partition size the sizing can pick: one partition to many."""
+    """The same decode under every split count the sizing can pick: one partition to many."""
     torch.manual_seed(1)
     q = torch.randn(2, 4, 64, device=device)
     k_cache, v_cache = torch.randn(2, 24, 16, 2, 64, device=device).unbind(0)
     tables = torch.randperm(24, device=device).to(torch.int32).view(2, 12)
     lens = torch.tensor([190, 37], dtype=torch.int32, device=device)
-    outs = [paged_decode_attention(q, k_cache, v_cache, tables, lens, partition_size=p) for p in (16, 64, 256)]
+    outs = [paged_decode_attention(q, k_cache, v_cache, tables, lens, num_splits=p) for p in (1, 3, 12, 64)]
     for out in outs[1:]:
         torch.testing.assert_close(out, outs[0])

@@ -63,7 +63,7 @@ def test_write_kv_cache_backends_agree(monkeypatch, device, dtype):
 
 
 @pytest.mark.parametrize(
-    "dtype, head_dim, block_size, n_heads, kv_heads, lens, partition_size",
+    "dtype, head_dim, block_size, n_heads, kv_heads, lens, num_splits",
     [
         (torch.float32, 64, 16, 8, 2, [1, 37, 0], None),
         (torch.bfloat16, 80, 8, 3, 1, [131, 5], 32),
@@ -71,11 +71,11 @@ def test_write_kv_cache_backends_agree(monkeypatch, device, dtype):
     ],
 )
 def test_paged_decode_backends_agree(
-    monkeypatch, device, dtype, head_dim, block_size, n_heads, kv_heads, lens, partition_size
+    monkeypatch, device, dtype, head_dim, block_size, n_heads, kv_heads, lens, num_splits
 ):
     k_cache, v_cache, tables, context_lens = _setup(lens, kv_heads, head_dim, block_size, dtype, device)
     q = torch.randn(len(lens), n_heads, head_dim, device=device).to(dtype)
-    call = lambda: paged_decode_attention(q, k_cache, v_cache, tables, context_lens, partition_size=partition_size)  # noqa: E731
+    call = lambda: paged_decode_attention(q, k_cache, v_cache, tables, context_lens, num_splits=num_splits)  # noqa: E731
     eager, triton_out = _run_both(monkeypatch, call)
     assert eager.shape == triton_out.shape == q.shape and eager.dtype == triton_out.dtype == dtype
     ref = _reference_fp64(q, k_cache, v_cache, tables, lens)
