@@ -15,7 +15,7 @@ def check_positive_int(name: str, value: object, *, optional: bool = False, what
 
 @dataclass(slots=True, kw_only=True)
 class EngineConfig:
-    """Keyword-only: seven knobs of which most are ints, so a positional call could silently swap two."""
+    """Keyword-only: eight knobs of which most are ints, so a positional call could silently swap two."""
 
     block_size: int = 16
     num_kv_blocks: int | None = None
@@ -24,6 +24,7 @@ class EngineConfig:
     max_num_batched_tokens: int = 8192
     enable_prefix_caching: bool = True
     seed: int = 0
+    enforce_eager: bool = False  # CUDA: run decode steps eagerly instead of replaying captured graphs (vLLM's)
 
     def __post_init__(self) -> None:
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):

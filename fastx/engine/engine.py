@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,8 +80,18 @@ class Engine:
             eos_token_ids=self.eos_token_ids,
             max_model_len=self.max_model_len,
         )
-        self.runner = ModelRunner(model, num_blocks, config.block_size)
-        self.generator = torch.Generator(device=model.device).manual_seed(config.seed)
+        self.runner = ModelRunner(
+            model,
+            num_blocks,
+            config.block_size,
+            max_num_seqs=config.max_num_seqs,
+            max_num_batched_tokens=config.max_num_batched_tokens,
+            max_model_len=self.max_model_len,
+            enforce_eager=config.enforce_eager,
+        )
+        self.runner.warm_up()
+        # Unseeded requests draw their sampling seed from here: the engine's seed fixes every sample.
+        self._seeds = random.Random(config.seed)
         self.requests: dict[int, Request] = {}
         self._request_ids = itertools.count()
         self._arrivals = itertools.count()
@@ -140,15 +151,11 @@ class Engine:
 
     def _new_sequence(self, request: Request, index: int) -> Sequence:
         p = request.params
-        generator = None
-        if p.seed is not None:
-            generator = torch.Generator(device=self.model.device).manual_seed(_seed_for(p.seed, index))
+        seed = _seed_for(p.seed, index) if p.seed is not None else self._seeds.getrandbits(63)
         detokenizer = None
         if self.tokenizer is not None:
             detokenizer = IncrementalDetokenizer(self.tokenizer, request.prompt_token_ids, p.skip_special_tokens)
-        seq = Sequence(
-            request.request_id, index, request.prompt_token_ids, p, next(self._arrivals), generator, detokenizer
-        )
+        seq = Sequence(request.request_id, index, request.prompt_token_ids, p, next(self._arrivals), seed, detokenizer)
         request.seqs.append(seq)
         return seq
 
@@ -193,5 +200,5 @@ class Engine:
         if not batch.is_decode:
             self.num_prefill_tokens += sum(batch.num_tokens)
         draws = batch.draws  # none when every sequence is mid-way through a chunked prompt
-        result = sample(logits, draws, self.eos_token_ids, self.generator) if draws else SampleResult([], [])
+        result = sample(logits, draws, self.eos_token_ids) if draws else SampleResult([], [])
         return self.scheduler.postprocess(batch, result.token_ids, result.logprobs)

@@ -75,10 +75,14 @@ class LLM:
         skip_tokenizer_init: bool = False,
         revision: str | None = None,
         pack_weights: bool = False,
+        enforce_eager: bool = False,
     ):
         """`pack_weights`: float32 CPU models only; adds a oneDNN-packed copy of every projection
         weight, so batches of 3 or more sequences and prefills run ~1.6x faster, for twice the
-        projection weights' memory (fastx.ops.pack_linear_weights)."""
+        projection weights' memory (fastx.ops.pack_linear_weights).
+
+        `enforce_eager` (vLLM's): on CUDA, run decode steps eagerly instead of replaying the CUDA
+        graphs captured per batch bucket when the engine starts."""
         from fastx.checkpoints.gguf import read_gguf, resolve_gguf_file
         from fastx.models import AutoModelForCausalLM
         from fastx.ops.linear import pack_linear_weights
@@ -93,6 +97,7 @@ class LLM:
             max_num_batched_tokens=max_num_batched_tokens,
             enable_prefix_caching=enable_prefix_caching,
             seed=seed,
+            enforce_eager=enforce_eager,
         )
         gguf = None
         if isinstance(model, torch.nn.Module):

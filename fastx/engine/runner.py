@@ -1,15 +1,29 @@
-"""Runs one scheduled step on the model: builds the step's metadata, owns the paged KV cache.
+"""Runs one scheduled step on the model: writes the step's inputs, owns the paged KV cache.
 
 Legend: T = tokens computed this step, B = sequences, L = layers, P = block size,
 K = kv heads, D = head dim.
+
+Decode steps on the Triton path (CUDA, or the interpreter) are padded to a batch bucket and
+launch the same kernels with the same grids and scalars at every context length, so on CUDA
+each bucket's step is captured once as a CUDA graph and replayed (cuda_graphs.py;
+`enforce_eager=True` turns that off). The eager CPU path runs the batch as it is: there is no
+grid to keep fixed, and padded rows would only add work.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+
 import torch
 
+import fastx.ops as ops
+from fastx.engine.cuda_graphs import DecodeGraphs, bucket_for, decode_buckets
 from fastx.engine.scheduler import ScheduledBatch
-from fastx.models.attention import AttentionMetadata
+from fastx.engine.step_buffers import StepBuffers
+from fastx.ops._backend import use_triton
+
+log = logging.getLogger("fastx.engine")
 
 
 def kv_bytes_per_block(model, block_size: int, dtype: torch.dtype) -> int:
@@ -18,7 +32,17 @@ def kv_bytes_per_block(model, block_size: int, dtype: torch.dtype) -> int:
 
 
 class ModelRunner:
-    def __init__(self, model, num_blocks: int, block_size: int):
+    def __init__(
+        self,
+        model,
+        num_blocks: int,
+        block_size: int,
+        *,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        max_model_len: int,
+        enforce_eager: bool = False,
+    ):
         self.model = model
         self.block_size = block_size
         self.device = model.device
@@ -30,34 +54,47 @@ class ModelRunner:
             )
             for _ in range(model.num_layers)
         ]
-
-    def _metadata(self, batch: ScheduledBatch) -> tuple[torch.Tensor, AttentionMetadata]:
-        ids, positions, slots, q_lens, k_lens, contexts = [], [], [], [0], [0], []
-        for seq, n in zip(batch.seqs, batch.num_tokens):
-            start = seq.num_computed_tokens
-            span = range(start, start + n)
-            ids += seq.token_ids[start : start + n]
-            positions += span
-            slots += [seq.block_table[p // self.block_size] * self.block_size + p % self.block_size for p in span]
-            q_lens.append(q_lens[-1] + n)
-            contexts.append(start + n)
-            k_lens.append(k_lens[-1] + start + n)
-        width = max(len(s.block_table) for s in batch.seqs)
-        tables = [s.block_table + [0] * (width - len(s.block_table)) for s in batch.seqs]
-        dev = self.device
-        meta = AttentionMetadata(
-            positions=torch.tensor(positions, dtype=torch.long, device=dev),
-            cu_seqlens_q=torch.tensor(q_lens, dtype=torch.int32, device=dev),
-            cu_seqlens_k=torch.tensor(k_lens, dtype=torch.int32, device=dev),
-            max_seqlen_q=max(batch.num_tokens),
-            max_seqlen_k=max(contexts),
-            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
-            block_tables=torch.tensor(tables, dtype=torch.int32, device=dev),
-            context_lens=torch.tensor(contexts, dtype=torch.int32, device=dev),
-            is_decode=batch.is_decode,
+        # No sequence outgrows the model's length or the whole cache: that bounds the table width
+        # and, fixed for the engine's life, keeps each bucket's decode split count fixed.
+        longest = min(max_model_len, num_blocks * block_size)
+        self.buffers = StepBuffers(
+            max(max_num_batched_tokens, max_num_seqs), max_num_seqs, -(-longest // block_size), block_size, self.device
         )
-        return torch.tensor(ids, dtype=torch.long, device=dev), meta
+        self.buckets = decode_buckets(max_num_seqs)
+        k_cache = self.kv_caches[0][0]
+        self.decode_splits = {
+            rows: ops.decode_num_splits(rows, model.num_query_heads, k_cache, longest) for rows in self.buckets
+        }
+        self.graphs: DecodeGraphs | None = None
+        if self.device.type == "cuda" and not enforce_eager and self.on_kernel_path():
+            self.graphs = self._capture()
 
+    # -- decode under CUDA graphs ----------------------------------------------------------------
+    def _capture(self) -> DecodeGraphs:
+        inputs = {rows: self.buffers.empty_decode(rows) for rows in self.buckets}  # padding only: no K/V is touched
+
+        def forward(rows: int) -> torch.Tensor:
+            ids, meta = inputs[rows]
+            meta.decode_splits = self.decode_splits[rows]
+            return self.model.compute_logits(self.model.forward_packed(ids, meta, self.kv_caches))
+
+        with torch.inference_mode():
+            return DecodeGraphs(forward, self.buckets, self.device)
+
+    def warm_up(self) -> None:
+        """Compile the prefill kernels before the first request (decode compiled at capture); logs the time."""
+        if self.device.type != "cuda":
+            return  # eager CPU ops compile nothing; the interpreter compiles nothing either
+        started = time.perf_counter()
+        ids, meta = self.buffers.empty_decode(1)
+        meta.is_decode = False  # a one-token prefill of an empty context: exercises the prefill path
+        meta.decode_splits = None
+        with torch.inference_mode():
+            self.model.compute_logits(self.model.forward_packed(ids, meta, self.kv_caches))
+        torch.cuda.synchronize(self.device)
+        log.info("compiled the prefill kernels in %.2f s", time.perf_counter() - started)
+
+    # -- steps -----------------------------------------------------------------------------------
     def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
         """Copy-on-write: duplicate shared blocks before a sequence writes into its copy."""
         if not copies:
@@ -68,6 +105,10 @@ class ModelRunner:
             k_cache[dst] = k_cache[src]
             v_cache[dst] = v_cache[src]
 
+    def on_kernel_path(self) -> bool:
+        """Whether this step's ops launch the Triton kernels (CUDA, or the interpreter) rather than eager torch."""
+        return use_triton(self.kv_caches[0][0])
+
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> torch.Tensor:
         """Compute the step; return logits (N, V), one row per `batch.draws`.
@@ -75,10 +116,25 @@ class ModelRunner:
         Reads the sequences and writes only the KV cache: their progress is the scheduler's to advance.
         """
         self.copy_blocks(batch.block_copies)
-        input_ids, meta = self._metadata(batch)
-        hidden = self.model.forward_packed(input_ids, meta, self.kv_caches)  # (T, E)
-        if not batch.sample_rows:
-            return hidden.new_empty(0, 0)
-        logits = self.model.compute_logits(hidden[batch.sample_rows])
+        if batch.is_decode:
+            logits = self._decode(batch)
+        else:
+            input_ids, meta = self.buffers.write(batch)
+            hidden = self.model.forward_packed(input_ids, meta, self.kv_caches)  # (T, E)
+            if not batch.sample_rows:
+                return hidden.new_empty(0, 0)
+            logits = self.model.compute_logits(hidden[batch.sample_rows])
         # The head runs once per distinct row: fork children reuse their parent's logits as they are.
         return logits[batch.draw_rows] if batch.forks else logits
+
+    def _decode(self, batch: ScheduledBatch) -> torch.Tensor:
+        n_seqs = len(batch.seqs)
+        kernels = self.on_kernel_path()
+        rows = bucket_for(n_seqs, self.buckets) if kernels else n_seqs
+        input_ids, meta = self.buffers.write(batch, rows)
+        if kernels and self.graphs is not None:
+            return self.graphs.step(rows)[:n_seqs]
+        if kernels:
+            meta.decode_splits = self.decode_splits[rows]
+        hidden = self.model.forward_packed(input_ids, meta, self.kv_caches)  # (rows, E); every row samples
+        return self.model.compute_logits(hidden[:n_seqs])

@@ -14,8 +14,6 @@ import enum
 import itertools
 from typing import TYPE_CHECKING
 
-import torch
-
 from fastx.engine.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
@@ -40,7 +38,7 @@ class Sequence:
         prompt_token_ids: list[int],
         params: SamplingParams,
         arrival: int,
-        generator: torch.Generator | None,
+        sample_seed: int,
         detokenizer: IncrementalDetokenizer | None = None,
     ):
         self.seq_id = next(_ids)
@@ -50,7 +48,9 @@ class Sequence:
         self.num_prompt_tokens = len(prompt_token_ids)
         self.params = params
         self.arrival = arrival  # admission order: preemption picks the latest, scheduling the earliest
-        self.generator = generator  # per-request seed: same samples whatever the batch or preemption
+        # Keys this sample's random draws (with its token count): the same samples whatever the
+        # batch or a preemption, and no per-row generator state to advance on the device.
+        self.sample_seed = sample_seed
         self.status = SequenceStatus.WAITING
         self.block_table: list[int] = []
         self.block_hashes: list[bytes] = []  # content hash of each full block of token_ids, a prefix chain

@@ -139,6 +139,10 @@ class _GPT2Base(PreTrainedModel):
         return self.config.n_layer
 
     @property
+    def num_query_heads(self) -> int:
+        return self.config.n_head
+
+    @property
     def num_kv_heads(self) -> int:
         return self.config.n_head
 

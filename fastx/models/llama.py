@@ -116,6 +116,10 @@ class _LlamaBase(PreTrainedModel):
         return self.config.num_hidden_layers
 
     @property
+    def num_query_heads(self) -> int:
+        return self.config.num_attention_heads
+
+    @property
     def num_kv_heads(self) -> int:
         return self.config.num_key_value_heads
 
