@@ -18,7 +18,6 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # Triton signature strings for the element types fastx kernels accept, used by the
 # ahead-of-time compile report (aot.py) to describe a kernel's pointer arguments.
-TRITON_POINTER_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
 
 
 def checks_values(t: torch.Tensor) -> bool:

@@ -19,7 +19,6 @@ import triton
 import triton.language as tl
 
 from fastx.kernels._common import (
-    TRITON_POINTER_TYPES,
     as_rows,
     check_float,
     check_same_device,
@@ -28,7 +27,7 @@ from fastx.kernels._common import (
     next_power_of_2,
     on_input_device,
 )
-from fastx.kernels.aot import AotConfig
+from fastx.kernels.aot import AotConfig, configs_from_launches
 
 # ACTIVATION values; plain ints so they can be constexprs.
 GELU = 0
@@ -166,37 +165,25 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
 
 
 def aot_configs() -> list[AotConfig]:
-    """Representative launches: BERT/GPT-2 MLP (3072), Llama-7B (11008), Llama-3-8B SwiGLU (14336), a short row."""
-    cases = [
-        # (dtype, output columns, activation, approx_tanh, has_bias)
-        (torch.bfloat16, 3072, GELU, False, False),
-        (torch.float32, 3072, GELU, False, True),
-        (torch.float16, 3072, GELU, True, True),
-        (torch.bfloat16, 3072, GELU, True, False),
-        (torch.bfloat16, 11008, SILU, False, False),
-        (torch.float32, 11008, SILU, False, False),
-        (torch.bfloat16, 14336, SILU_AND_MUL, False, False),
-        (torch.float32, 200, SILU_AND_MUL, False, False),
-    ]
-    names = {GELU: "gelu", SILU: "silu", SILU_AND_MUL: "silu_and_mul"}
-    configs = []
-    for dtype, n_cols, activation, approx_tanh, has_bias in cases:
-        cfg = activation_launch_config(n_cols)
-        ptr = TRITON_POINTER_TYPES[dtype]
-        configs.append(
-            AotConfig(
-                kernel=_activation_fwd_kernel,
-                arg_types={"X": ptr, "B": ptr, "Y": ptr, "stride_x": "i32", "M": "i32", "N": "i32"},
-                constexprs={
-                    "ACTIVATION": activation,
-                    "APPROX_TANH": approx_tanh,
-                    "HAS_BIAS": has_bias,
-                    "BLOCK_M": cfg["BLOCK_M"],
-                    "BLOCK_N": cfg["BLOCK_N"],
-                },
-                num_warps=cfg["num_warps"],
-                note=f"{names[activation]}{' tanh' if approx_tanh else ''}{' bias' if has_bias else ''} "
-                f"{str(dtype).removeprefix('torch.')} N={n_cols}",
-            )
-        )
-    return configs
+    """The launchers at BERT/GPT-2 MLP (3072), Llama-7B (11008), Llama-3-8B SwiGLU (14336), a short row."""
+    rows = 8
+
+    def x(dtype, n_cols):
+        return torch.empty(rows, n_cols, dtype=dtype)
+
+    def bias(dtype, n_cols):
+        return torch.empty(n_cols, dtype=dtype)
+
+    bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
+    return configs_from_launches(
+        [
+            ("gelu bfloat16 N=3072", lambda: gelu(x(bf16, 3072))),
+            ("gelu bias float32 N=3072", lambda: gelu(x(fp32, 3072), bias=bias(fp32, 3072))),
+            ("gelu tanh bias float16 N=3072", lambda: gelu(x(fp16, 3072), "tanh", bias(fp16, 3072))),
+            ("gelu tanh bfloat16 N=3072", lambda: gelu(x(bf16, 3072), "tanh")),
+            ("silu bfloat16 N=11008", lambda: silu(x(bf16, 11008))),
+            ("silu float32 N=11008", lambda: silu(x(fp32, 11008))),
+            ("silu_and_mul bfloat16 N=14336", lambda: silu_and_mul(x(bf16, 2 * 14336))),
+            ("silu_and_mul float32 N=200", lambda: silu_and_mul(x(fp32, 2 * 200))),
+        ]
+    )

@@ -1,10 +1,12 @@
 """Ahead-of-time compilation of fastx's Triton kernels for real GPUs, without a GPU.
 
-Every kernel module in fastx.kernels exposes `aot_configs() -> list[AotConfig]`: the constexpr
-configurations its launcher picks at representative sizes (the launcher and this list share one
-config-choosing function, so the report checks what actually runs). `compile_config` builds the
-cubin for an sm_XX target with Triton's own compiler and reads the resource use with the
-`cuobjdump` that ships inside the Triton wheel.
+Every kernel module in fastx.kernels exposes `aot_configs() -> list[AotConfig]`: its launchers
+called at representative sizes on CPU tensors with the kernel launches recorded, not run
+(`configs_from_launches`). Each launch becomes one configuration with exactly the specialisation
+Triton's JIT gives that launch (its own `specialize_impl`: argument types, ints equal to 1 made
+constexpr, pointers and ints divisible by 16 marked so), so the report compiles the code that
+really runs. `compile_config` builds the cubin for an sm_XX target with Triton's own compiler and
+reads the resource use with the `cuobjdump` that ships inside the Triton wheel.
 
 This must run in a process where TRITON_INTERPRET is unset: under the interpreter `@triton.jit`
 yields interpreter objects that `triton.compile` cannot take.
@@ -48,6 +50,36 @@ class AotConfig:
     def name(self) -> str:
         return self.kernel.__name__
 
+    @classmethod
+    def from_launch(cls, launch, note: str) -> AotConfig:
+        """The configuration Triton's JIT compiles for this recorded launch."""
+        from triton._C.libtriton import native_specialize_impl
+        from triton.backends.compiler import BaseBackend
+
+        arg_types, constexprs, divisible = {}, {}, []
+        for param in launch.function.params:
+            value = launch.args.get(param.name, param.default)
+            if param.is_constexpr:
+                constexprs[param.name] = value
+                continue
+            specialize, align = not param.do_not_specialize, not param.do_not_specialize_on_alignment
+            kind, attr = native_specialize_impl(BaseBackend, value, param.is_const, specialize, align)
+            if kind == "constexpr":  # the JIT folds ints equal to 1 (unit strides) and None into the code
+                constexprs[param.name] = value
+                continue
+            arg_types[param.name] = kind
+            if attr == "D":
+                divisible.append(param.name)
+        return cls(
+            kernel=launch.function,
+            arg_types=arg_types,
+            constexprs=constexprs,
+            num_warps=launch.options.get("num_warps", 4),
+            num_stages=launch.options.get("num_stages", 3),
+            note=note,
+            extra={"divisible_by_16": tuple(divisible)},
+        )
+
     def describe(self) -> str:
         consts = ",".join(f"{k}={v}" for k, v in self.constexprs.items())
         head = f"{self.note}; " if self.note else ""
@@ -85,26 +117,37 @@ def all_configs() -> list[AotConfig]:
 
 
 def _alignment_attrs(cfg: AotConfig, signature: dict[str, str]) -> dict:
-    """What Triton's JIT assumes at a real launch: 16-byte-aligned pointers, ints divisible by 16.
+    """The launch's divisibility specialisation: pointers 16-byte aligned, ints divisible by 16.
 
-    A launch specialises pointer arguments whose address is a multiple of 16 (every fresh torch
-    allocation) and integer arguments divisible by 16; that lets it vectorise loads. Without
-    these attributes the report would compile a scalar-load kernel no real launch runs. Integer
-    arguments get the attribute only when the config lists them in `extra["divisible_by_16"]`.
+    That is what lets the compiler vectorise loads; without it the report would compile a
+    scalar-load kernel no real launch runs. The names come from the recorded launch.
     """
     names = list(signature)
-    divisible = set(cfg.extra.get("divisible_by_16", ()))
-    return {
-        (names.index(name),): [["tt.divisibility", 16]]
-        for name, kind in signature.items()
-        if kind.startswith("*") or name in divisible
-    }
+    return {(names.index(name),): [["tt.divisibility", 16]] for name in cfg.extra.get("divisible_by_16", ())}
+
+
+def configs_from_launches(cases) -> list[AotConfig]:
+    """[(note, call)] -> one AotConfig per kernel launch each `call()` makes (recorded, not run).
+
+    The calls are the launchers' public functions on CPU tensors of representative sizes, so
+    the configurations (constexprs, warps, stages, specialisation) are the launchers' own.
+    """
+    from fastx.kernels.launches import record_launches
+
+    configs = []
+    for note, call in cases:
+        with record_launches(execute=False) as launches:
+            call()
+        if not launches:
+            raise RuntimeError(f"{note}: the call launched no kernel")
+        configs.extend(AotConfig.from_launch(launch, note) for launch in launches)
+    return configs
 
 
 def _signature(cfg: AotConfig) -> dict[str, str]:
     signature = {}
     for param in cfg.kernel.params:
-        if param.is_constexpr:
+        if param.is_constexpr or (param.name in cfg.constexprs and param.name not in cfg.arg_types):
             if param.name not in cfg.constexprs:
                 raise ValueError(f"{cfg.name}: constexpr {param.name} has no value in its AotConfig")
             signature[param.name] = "constexpr"
@@ -145,7 +188,13 @@ def compile_config(cfg: AotConfig, arch: int) -> dict[str, Any]:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    row: dict[str, Any] = {"kernel": cfg.name, "target": f"sm_{arch}", "config": cfg.describe()}
+    row: dict[str, Any] = {
+        "kernel": cfg.name,
+        "target": f"sm_{arch}",
+        "config": cfg.describe(),
+        "arguments": dict(cfg.arg_types),  # runtime (non-constexpr) arguments and their Triton types
+        "divisible_by_16": list(cfg.extra.get("divisible_by_16", ())),  # the launch's specialisation
+    }
     try:
         signature = _signature(cfg)
         source = ASTSource(

@@ -15,6 +15,7 @@ pay for masking. With a block table, key rows are gathered through it from a pag
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -22,8 +23,8 @@ import triton
 import triton.language as tl
 
 from fastx.kernels import _common
-from fastx.kernels._common import TRITON_POINTER_TYPES, check_float, check_same_device, next_power_of_2, on_input_device
-from fastx.kernels.aot import AotConfig
+from fastx.kernels._common import check_float, check_same_device, next_power_of_2, on_input_device
+from fastx.kernels.aot import AotConfig, configs_from_launches
 
 LOG2_E = 1.4426950408889634  # 1/ln(2): exp(x) == exp2(x * LOG2_E)
 _ALIGNMENTS = ("bottom_right", "top_left")
@@ -537,7 +538,9 @@ def _check_block_table(block_table, batch, num_blocks, page_size, cu_seqlens_k) 
 
 
 def aot_configs() -> list[AotConfig]:
-    """fp16/bf16 at D = 64 and 128, causal or not, dense or paged; bf16 D = 80 and 256; fp32 D = 64, 128, 256."""
+    """The launcher for fp16/bf16 at D = 64 and 128, causal or not, dense or paged; bf16 D = 80 and
+    256; fp32 D = 64, 128, 256. Two sequences of 256 tokens, q/k/v slices of fused qkv rows as the
+    models pass them; paged K/V in 16-token blocks."""
     cases = [
         (dtype, d, causal, paged, False)
         for dtype in (torch.float16, torch.bfloat16)
@@ -552,63 +555,22 @@ def aot_configs() -> list[AotConfig]:
         (torch.float32, 128, False, False, False),
         (torch.float32, 256, True, False, False),
     ]
-    configs = []
+    seqs, length, heads, kv_heads, page = 2, 256, 8, 2, 16
+    cu = torch.tensor([0, length, 2 * length], dtype=torch.int32)
+    calls = []
     for dtype, head_dim, causal, paged, store_lse in cases:
-        cfg = attention_launch_config(head_dim, dtype)
-        ptr = TRITON_POINTER_TYPES[dtype]
-        ints = [
-            "bottom_right",
-            "group",
-            "stride_qz",
-            "stride_qt",
-            "stride_qh",
-            "stride_kz",
-            "stride_kt",
-            "stride_kh",
-            "stride_vz",
-            "stride_vt",
-            "stride_vh",
-            "stride_oz",
-            "stride_ot",
-            "stride_oh",
-            "stride_kb",
-            "stride_vb",
-            "stride_bt",
-            "stride_lse",
-        ]
-        arg_types = {
-            "Q": ptr,
-            "K": ptr,
-            "V": ptr,
-            "O": ptr,
-            "LSE": "*fp32",
-            "CU_Q": "*i32",
-            "CU_K": "*i32",
-            "BLOCK_TABLE": "*i32",
-            "qk_scale": "fp32",
-            **{name: "i32" for name in ints},
-        }
-        page_size = 16 if paged else 1
-        configs.append(
-            AotConfig(
-                kernel=_attn_fwd_kernel,
-                arg_types=arg_types,
-                constexprs={
-                    "IS_CAUSAL": causal,
-                    "PAGED": paged,
-                    "PAGE_SIZE": page_size,
-                    "STORE_LSE": store_lse,
-                    "HEAD_DIM": head_dim,
-                    "BLOCK_M": cfg["BLOCK_M"],
-                    "BLOCK_N": cfg["BLOCK_N"],
-                    "BLOCK_D": cfg["BLOCK_D"],
-                    "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32",
-                    "ALIGNED": True,
-                },
-                num_warps=cfg["num_warps"],
-                num_stages=cfg["num_stages"],
-                note=f"{str(dtype).removeprefix('torch.')} D={head_dim}{' causal' if causal else ''}"
-                f"{' paged' if paged else ''}",
-            )
+        qkv = torch.empty(seqs * length, heads + 2 * kv_heads, head_dim, dtype=dtype)
+        q, k, v = qkv.split([heads, kv_heads, kv_heads], dim=1)
+        table = None
+        if paged:
+            blocks = seqs * length // page
+            k = torch.empty(blocks, page, kv_heads, head_dim, dtype=dtype)
+            v = torch.empty_like(k)
+            table = torch.arange(blocks, dtype=torch.int32).view(seqs, -1)
+        name = str(dtype).removeprefix("torch.")
+        note = f"{name} D={head_dim}{' causal' if causal else ''}{' paged' if paged else ''}"
+        call = functools.partial(
+            varlen_attention, q, k, v, cu, cu, length, length, causal, None, store_lse, block_table=table
         )
-    return configs
+        calls.append((note, call))
+    return configs_from_launches(calls)

@@ -16,12 +16,13 @@ NHWC right after this convolution.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
 from fastx.kernels._common import (
-    TRITON_POINTER_TYPES,
     check_float,
     check_same_device,
     check_same_dtype,
@@ -29,7 +30,7 @@ from fastx.kernels._common import (
     next_power_of_2,
     on_input_device,
 )
-from fastx.kernels.aot import AotConfig
+from fastx.kernels.aot import AotConfig, configs_from_launches
 
 # Output elements per program (BLOCK_P * BLOCK_C): 1024 over 4 warps is 8 fp32 accumulators per
 # thread. NOTE: the compile report (no stride specialisation, so no vector loads) gives 7x7 bf16
@@ -179,40 +180,20 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 
 def aot_configs() -> list[AotConfig]:
-    """ConvNeXt's 7x7 at the stage widths (C=96, 384, 768) in bf16, plus 3x3 fp32 and 5x5 fp16."""
+    """The launcher at ConvNeXt's 7x7 stage shapes in bf16, plus 3x3 fp32 and an odd 5x5 fp16."""
     cases = [
-        (torch.bfloat16, 96, 7, True),
-        (torch.bfloat16, 384, 7, True),
-        (torch.bfloat16, 768, 7, True),
-        (torch.float32, 64, 3, False),
-        (torch.float16, 13, 5, True),
+        # (dtype, channels, spatial size, kernel size, bias)
+        (torch.bfloat16, 96, 56, 7, True),
+        (torch.bfloat16, 384, 14, 7, True),
+        (torch.bfloat16, 768, 7, 7, True),
+        (torch.float32, 64, 32, 3, False),
+        (torch.float16, 13, 9, 5, True),
     ]
-    configs = []
-    for dtype, channels, k, has_bias in cases:
-        cfg = depthwise_launch_config(channels)
-        ptr = TRITON_POINTER_TYPES[dtype]
-        configs.append(
-            AotConfig(
-                kernel=_depthwise_conv2d_fwd_kernel,
-                arg_types={
-                    "X": ptr,
-                    "Wt": ptr,
-                    "B": ptr,
-                    "Y": ptr,
-                    "P": "i64",
-                    "C": "i32",
-                    "H": "i32",
-                    "W": "i32",
-                    "stride_xn": "i64",
-                    "stride_xh": "i32",
-                    "stride_xw": "i32",
-                    "stride_wc": "i32",
-                    "stride_wh": "i32",
-                    "stride_ww": "i32",
-                },
-                constexprs={"K": k, "HAS_BIAS": has_bias, "BLOCK_P": cfg["BLOCK_P"], "BLOCK_C": cfg["BLOCK_C"]},
-                num_warps=cfg["num_warps"],
-                note=f"depthwise {k}x{k} {str(dtype).removeprefix('torch.')} C={channels}",
-            )
-        )
-    return configs
+    calls = []
+    for dtype, channels, size, k, has_bias in cases:
+        x = torch.empty(2, channels, size, size, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        weight = torch.empty(channels, 1, k, k, dtype=dtype)
+        bias = torch.empty(channels, dtype=dtype) if has_bias else None
+        note = f"depthwise {k}x{k} {str(dtype).removeprefix('torch.')} C={channels} {size}x{size}"
+        calls.append((note, functools.partial(depthwise_conv2d, x, weight, bias)))
+    return configs_from_launches(calls)

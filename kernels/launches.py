@@ -20,6 +20,7 @@ from triton.runtime.jit import JITFunction
 
 @dataclass
 class Launch:
+    function: Any = field(repr=False)  # the JITFunction (or InterpretedFunction) launched
     kernel: str
     grid: tuple[int, ...]
     args: dict[str, Any]  # every argument by name: tensors as passed, scalars, constexprs
@@ -38,8 +39,12 @@ _OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
 
 
 @contextlib.contextmanager
-def record_launches() -> Iterator[list[Launch]]:
-    """`with record_launches() as launches:` appends one Launch per kernel launch inside the block."""
+def record_launches(execute: bool = True) -> Iterator[list[Launch]]:
+    """`with record_launches() as launches:` appends one Launch per kernel launch inside the block.
+
+    `execute=False` records without running anything: the compile report calls the launchers on
+    CPU tensors, outside the interpreter, only to learn what they would launch.
+    """
     launches: list[Launch] = []
     originals = {cls: cls.run for cls in (JITFunction, InterpretedFunction)}
 
@@ -50,7 +55,9 @@ def record_launches() -> Iterator[list[Launch]]:
                 options = {k: kwargs[k] for k in _OPTIONS if k in kwargs}
                 named.update({k: v for k, v in kwargs.items() if k not in _OPTIONS})
                 resolved = grid(named) if callable(grid) else grid
-                launches.append(Launch(self.fn.__name__, tuple(resolved), named, options))
+                launches.append(Launch(self, self.fn.__name__, tuple(resolved), named, options))
+                if not execute:
+                    return None
             return original(self, *args, grid=grid, warmup=warmup, **kwargs)
 
         return run

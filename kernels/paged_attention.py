@@ -41,8 +41,8 @@ import triton
 import triton.language as tl
 
 from fastx.kernels import _common
-from fastx.kernels._common import TRITON_POINTER_TYPES, check_float, check_same_device, next_power_of_2, on_input_device
-from fastx.kernels.aot import AotConfig
+from fastx.kernels._common import check_float, check_same_device, next_power_of_2, on_input_device
+from fastx.kernels.aot import AotConfig, configs_from_launches
 
 # Splits when neither the caller nor a GPU says: enough to exercise the merge, few enough that
 # the interpreter stays quick. On CUDA the default comes from the SM count (splits_for).
@@ -96,8 +96,17 @@ def _write_kv_cache_kernel(
 
 @triton.jit
 def _partition_len(context_len, num_partitions, TILE_N: tl.constexpr):
-    """Tokens per partition of this context: a 1/P share rounded up to whole tiles (>= one tile)."""
-    tiles = tl.cdiv(tl.cdiv(context_len, num_partitions), TILE_N)
+    """Tokens per partition of this context: a 1/P share rounded up to whole tiles (>= one tile).
+
+    tiles = ceil(ceil(L / P) / TILE_N) = ceil(L / (P * TILE_N)). A 32-bit integer division by a
+    runtime value is a called subroutine on NVIDIA GPUs (on sm_80 its call frame spilled), so the
+    quotient is estimated in fp32, within 1 of the truth for L < 2**24, and corrected exactly.
+    """
+    span = num_partitions * TILE_N
+    q = (context_len.to(tl.float32) / span.to(tl.float32)).to(tl.int32)  # floor(L / span), +-1
+    r = context_len - q * span
+    q = tl.where(r >= span, q + 1, tl.where(r < 0, q - 1, q))  # now exactly floor(L / span)
+    tiles = tl.where(context_len - q * span > 0, q + 1, q)
     return tl.maximum(tiles, 1) * TILE_N
 
 
@@ -215,7 +224,11 @@ def _paged_decode_reduce_kernel(
     seq = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     context_len = tl.load(CONTEXT_LENS + seq)
-    n_parts = tl.cdiv(context_len, _partition_len(context_len, num_partitions, TILE_N))
+    part_len = _partition_len(context_len, num_partitions, TILE_N)
+    # Partition p is live when it starts inside the context (a product, not a runtime division).
+    # An empty context runs no step: its output is zeros. Past the first step, a step with no live
+    # partition leaves the running max finite (partition 0 is live), so it changes nothing.
+    n_steps = tl.where(context_len > 0, num_partitions, 0)
     row = (seq * num_heads + head) * num_partitions  # int64 offset of partition 0 of this (seq, head)
     offs_p = tl.arange(0, BLOCK_P)
     offs_d = tl.arange(0, BLOCK_D)
@@ -224,8 +237,8 @@ def _paged_decode_reduce_kernel(
     m_run = tl.full([], float("-inf"), dtype=tl.float32)
     l_run = tl.zeros([], dtype=tl.float32)
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for p0 in range(0, n_parts, BLOCK_P):
-        p_mask = p0 + offs_p < n_parts
+    for p0 in range(0, n_steps, BLOCK_P):
+        p_mask = ((p0 + offs_p) * part_len < context_len) & (p0 + offs_p < num_partitions)
         m = tl.load(M_PART + row + p0 + offs_p, mask=p_mask, other=float("-inf"))  # (BLOCK_P,)
         l = tl.load(L_PART + row + p0 + offs_p, mask=p_mask, other=0.0)
         a = tl.load(
@@ -520,121 +533,35 @@ def paged_decode_attention(
 
 
 def aot_configs() -> list[AotConfig]:
-    """Representative launches: Llama-style D=128 (G=4) and D=64 (G=1), block sizes 8/16/32, all dtypes."""
-    configs = []
+    """The launchers for Llama-style D=128 (G=4) and D=64 (G=1) caches, blocks of 8/16/32, every dtype,
+    one split and several: the cache write from fused qkv rows, decode from its q slice."""
+    calls = []
     for dtype, kv_heads, head_dim in [(torch.bfloat16, 8, 128), (torch.float32, 4, 64)]:
-        cfg = write_launch_config(kv_heads, head_dim)
-        ptr = TRITON_POINTER_TYPES[dtype]
-        configs.append(
-            AotConfig(
-                kernel=_write_kv_cache_kernel,
-                arg_types={
-                    "KEY": ptr,
-                    "VALUE": ptr,
-                    "K_CACHE": ptr,
-                    "V_CACHE": ptr,
-                    "SLOT_MAPPING": "*i64",
-                    **{
-                        a: "i32"
-                        for a in (
-                            "stride_kt",
-                            "stride_kh",
-                            "stride_vt",
-                            "stride_vh",
-                            "stride_cb",
-                            "stride_cs",
-                            "stride_ch",
-                            "num_kv_heads",
-                            "head_dim",
-                            "block_size",
-                        )
-                    },
-                },
-                constexprs={"BLOCK_H": cfg["BLOCK_H"], "BLOCK_D": cfg["BLOCK_D"]},
-                num_warps=cfg["num_warps"],
-                note=f"write {str(dtype).removeprefix('torch.')} K={kv_heads} D={head_dim}",
-            )
-        )
-    # (dtype, D, B, G, one_partition)
+        qkv = torch.empty(16, 6 * kv_heads, head_dim, dtype=dtype)  # 4 query heads per kv head
+        key, value = qkv[:, 4 * kv_heads : 5 * kv_heads], qkv[:, 5 * kv_heads :]
+        cache = torch.empty(32, 16, kv_heads, head_dim, dtype=dtype)
+        slots = torch.arange(16, dtype=torch.int64)
+        note = f"write {str(dtype).removeprefix('torch.')} K={kv_heads} D={head_dim}"
+        calls.append((note, functools.partial(write_kv_cache, key, value, cache, cache.clone(), slots)))
+    # (dtype, D, B, G, splits)
     cases = [
-        (torch.bfloat16, 128, 16, 4, False),
-        (torch.bfloat16, 128, 16, 4, True),
-        (torch.float16, 128, 16, 1, False),
-        (torch.bfloat16, 64, 8, 4, False),
-        (torch.float16, 64, 32, 1, True),
-        (torch.float32, 128, 16, 4, False),
-        (torch.float32, 64, 16, 1, True),
-        (torch.bfloat16, 256, 16, 8, False),
+        (torch.bfloat16, 128, 16, 4, 8),
+        (torch.bfloat16, 128, 16, 4, 1),
+        (torch.float16, 128, 16, 1, 8),
+        (torch.bfloat16, 64, 8, 4, 8),
+        (torch.float16, 64, 32, 1, 1),
+        (torch.float32, 128, 16, 4, 8),
+        (torch.float32, 64, 16, 1, 1),
+        (torch.bfloat16, 256, 16, 8, 8),
     ]
-    ints = (
-        "stride_qs",
-        "stride_qh",
-        "stride_cb",
-        "stride_cs",
-        "stride_ch",
-        "stride_bt",
-        "num_heads",
-        "query_group",
-        "num_partitions",
-    )
-    reduce_done = set()
-    for dtype, head_dim, block_size, group, one_partition in cases:
-        cfg = decode_launch_config(head_dim, block_size, dtype, group)
-        ptr = TRITON_POINTER_TYPES[dtype]
-        name = str(dtype).removeprefix("torch.")
-        configs.append(
-            AotConfig(
-                kernel=_paged_decode_partition_kernel,
-                arg_types={
-                    "Q": ptr,
-                    "K_CACHE": ptr,
-                    "V_CACHE": ptr,
-                    "BLOCK_TABLES": "*i32",
-                    "CONTEXT_LENS": "*i32",
-                    "OUT": ptr,
-                    "M_PART": "*fp32",
-                    "L_PART": "*fp32",
-                    "ACC_PART": "*fp32",
-                    "qk_scale": "fp32",
-                    **{a: "i32" for a in ints},
-                },
-                constexprs={
-                    "HEAD_DIM": head_dim,
-                    "BLOCK_SIZE": block_size,
-                    "BLOCK_G": cfg["BLOCK_G"],
-                    "BLOCK_D": cfg["BLOCK_D"],
-                    "TILE_N": cfg["TILE_N"],
-                    "ONE_PARTITION": one_partition,
-                    "DOT_PRECISION": cfg["DOT_PRECISION"],
-                    "ALIGNED": True,
-                },
-                num_warps=cfg["num_warps"],
-                num_stages=cfg["num_stages"],
-                note=f"decode {name} D={head_dim} B={block_size} G={group}",
-            )
-        )
-        if not one_partition and (dtype, cfg["BLOCK_D"]) not in reduce_done:
-            reduce_done.add((dtype, cfg["BLOCK_D"]))
-            configs.append(
-                AotConfig(
-                    kernel=_paged_decode_reduce_kernel,
-                    arg_types={
-                        "OUT": ptr,
-                        "CONTEXT_LENS": "*i32",
-                        "M_PART": "*fp32",
-                        "L_PART": "*fp32",
-                        "ACC_PART": "*fp32",
-                        "num_heads": "i32",
-                        "head_dim": "i32",
-                        "num_partitions": "i32",
-                    },
-                    constexprs={
-                        "TILE_N": cfg["TILE_N"],
-                        "BLOCK_P": REDUCE_BLOCK_P,
-                        "BLOCK_D": cfg["BLOCK_D"],
-                    },
-                    num_warps=4,
-                    note=f"reduce {name} D={head_dim}",
-                )
-            )
-    return configs
+    n_seqs, kv_heads, max_blocks = 4, 2, 64
+    for dtype, head_dim, block_size, group, splits in cases:
+        heads = group * kv_heads
+        q = torch.empty(n_seqs, heads + 2 * kv_heads, head_dim, dtype=dtype)[:, :heads]
+        cache = torch.empty(n_seqs * max_blocks, block_size, kv_heads, head_dim, dtype=dtype)
+        tables = torch.zeros(n_seqs, max_blocks, dtype=torch.int32)
+        lens = torch.zeros(n_seqs, dtype=torch.int32)
+        note = f"decode {str(dtype).removeprefix('torch.')} D={head_dim} B={block_size} G={group} P={splits}"
+        call = functools.partial(paged_decode_attention, q, cache, cache.clone(), tables, lens, num_splits=splits)
+        calls.append((note, call))
+    return configs_from_launches(calls)

@@ -17,25 +17,26 @@ stride is read in place; only a non-unit stride along D makes the launcher copy 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
 from fastx.kernels import _common
 from fastx.kernels._common import (
-    TRITON_POINTER_TYPES,
     check_float,
     check_same_device,
     check_same_dtype,
     next_power_of_2,
     on_input_device,
 )
-from fastx.kernels.aot import AotConfig
+from fastx.kernels.aot import AotConfig, configs_from_launches
 
 # Values of one (BLOCK_HEADS, HALF_BLOCK) tile, i.e. the x1 and x2 halves of some heads:
 # 1024 per half over 4 warps is 8 per thread per half, one 16-byte bf16 load each.
 TILE = 1024
-NUM_WARPS = 4
+NUM_WARPS = 4  # at most; smaller tiles get fewer warps to keep 8 values per thread
 
 
 @triton.jit
@@ -166,7 +167,9 @@ def rotary_launch_config(n_heads: int, head_dim: int, rotary_dim: int) -> dict:
         "HALF_BLOCK": half_block,
         "HAS_PASS": has_pass,
         "PASS_BLOCK": next_power_of_2(head_dim - rotary_dim) if has_pass else 1,
-        "num_warps": NUM_WARPS,
+        # 8 elements (16 bytes of a 16-bit dtype) per thread and tile: one 128-bit load each.
+        # A fixed 4 warps split SmolLM2's 16 x 32 tile into 64-bit loads.
+        "num_warps": max(1, min(NUM_WARPS, block_heads * half_block // (32 * 8))),
     }
 
 
@@ -282,28 +285,25 @@ def apply_rotary(
 
 
 def aot_configs() -> list[AotConfig]:
-    """Llama-3-8B (32/8 heads, D=128), SmolLM2-135M (9/3, D=64), Phi-2 partial rotary (32 of 80), q only."""
+    """The launcher for Llama-3-8B (32/8 heads, D=128), SmolLM2-135M (9/3, D=64), Phi-2 partial
+    rotary (32 of 80), and q only; q and k as the models pass them, slices of the fused qkv rows."""
     cases = [
         # (q dtype, cos dtype, positions dtype, H, K, D, R, has_k)
-        (torch.bfloat16, torch.float32, "*i64", 32, 8, 128, 128, True),
-        (torch.bfloat16, torch.bfloat16, "*i32", 9, 3, 64, 64, True),
-        (torch.float16, torch.float32, "*i64", 32, 32, 80, 32, True),
-        (torch.float32, torch.float32, "*i64", 32, 8, 128, 128, False),
+        (torch.bfloat16, torch.float32, torch.int64, 32, 8, 128, 128, True),
+        (torch.bfloat16, torch.bfloat16, torch.int32, 9, 3, 64, 64, True),
+        (torch.float16, torch.float32, torch.int64, 32, 32, 80, 32, True),
+        (torch.float32, torch.float32, torch.int64, 32, 8, 128, 128, False),
     ]
-    configs = []
-    for q_dtype, cos_dtype, pos_type, n_heads, n_key_heads, head_dim, rotary_dim, has_k in cases:
-        cfg = rotary_launch_config(max(n_heads, n_key_heads), head_dim, rotary_dim)
-        qp, cp = TRITON_POINTER_TYPES[q_dtype], TRITON_POINTER_TYPES[cos_dtype]
-        ints = ("stride_qt", "stride_qh", "stride_kt", "stride_kh", "stride_cos", "stride_sin", "H", "NK", "D", "HALF")
-        configs.append(
-            AotConfig(
-                kernel=_rotary_fwd_kernel,
-                arg_types={"Q": qp, "K": qp, "COS": cp, "SIN": cp, "POS": pos_type, "Q_OUT": qp, "K_OUT": qp}
-                | {name: "i32" for name in ints},
-                constexprs={"HAS_K": has_k} | {k: v for k, v in cfg.items() if k != "num_warps"},
-                num_warps=cfg["num_warps"],
-                note=f"q {str(q_dtype).removeprefix('torch.')} cos {str(cos_dtype).removeprefix('torch.')} "
-                f"H={n_heads} K={n_key_heads} D={head_dim} R={rotary_dim}",
-            )
+    calls = []
+    for q_dtype, cos_dtype, pos_dtype, n_heads, n_key_heads, head_dim, rotary_dim, has_k in cases:
+        tokens = 16
+        qkv = torch.empty(tokens, n_heads + 2 * n_key_heads, head_dim, dtype=q_dtype)
+        q, k = qkv[:, :n_heads], (qkv[:, n_heads : n_heads + n_key_heads] if has_k else None)
+        cos = torch.empty(4096, rotary_dim // 2, dtype=cos_dtype)
+        positions = torch.zeros(tokens, dtype=pos_dtype)
+        note = (
+            f"q {str(q_dtype).removeprefix('torch.')} cos {str(cos_dtype).removeprefix('torch.')} "
+            f"H={n_heads} K={n_key_heads if has_k else 0} D={head_dim} R={rotary_dim}"
         )
-    return configs
+        calls.append((note, functools.partial(apply_rotary, q, k, cos, cos.clone(), positions)))
+    return configs_from_launches(calls)

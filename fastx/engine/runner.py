@@ -82,17 +82,25 @@ class ModelRunner:
             return DecodeGraphs(forward, self.buckets, self.device)
 
     def warm_up(self) -> None:
-        """Compile the prefill kernels before the first request (decode compiled at capture); logs the time."""
-        if self.device.type != "cuda":
-            return  # eager CPU ops compile nothing; the interpreter compiles nothing either
+        """Compile what the engine will launch before its first request; logs the time.
+
+        Decode was compiled while capturing; eager decode (enforce_eager) runs each bucket's
+        padded step once here. Prefill runs one one-token step over an empty context.
+        """
+        if self.device.type != "cuda" or not self.on_kernel_path():
+            return  # eager torch ops and the interpreter compile nothing
         started = time.perf_counter()
-        ids, meta = self.buffers.empty_decode(1)
-        meta.is_decode = False  # a one-token prefill of an empty context: exercises the prefill path
-        meta.decode_splits = None
         with torch.inference_mode():
+            if self.graphs is None:
+                for rows in self.buckets:
+                    ids, meta = self.buffers.empty_decode(rows)
+                    meta.decode_splits = self.decode_splits[rows]
+                    self.model.compute_logits(self.model.forward_packed(ids, meta, self.kv_caches))
+            ids, meta = self.buffers.empty_decode(1)
+            meta.is_decode = False  # a one-token prefill of an empty context: the prefill kernels
             self.model.compute_logits(self.model.forward_packed(ids, meta, self.kv_caches))
         torch.cuda.synchronize(self.device)
-        log.info("compiled the prefill kernels in %.2f s", time.perf_counter() - started)
+        log.info("compiled the engine's kernels in %.2f s", time.perf_counter() - started)
 
     # -- steps -----------------------------------------------------------------------------------
     def copy_blocks(self, copies: list[tuple[int, int]]) -> None:

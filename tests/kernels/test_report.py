@@ -77,3 +77,56 @@ def test_attention_uses_the_targets_tensor_core_instruction(report_rows):
         (r["target"], r["config"], r["matrix_op"]) for r in half
     ]
     assert all(r["matrix_op"] == "-" for r in rows if r["config"].startswith("float32"))
+
+
+# Kernels bound by memory bandwidth: each must read a 16-bit dtype 16 bytes (8 values) at a time.
+BANDWIDTH_BOUND = {
+    "_norm_fwd_kernel",
+    "_activation_fwd_kernel",
+    "_rotary_fwd_kernel",
+    "_depthwise_conv2d_fwd_kernel",
+    "_write_kv_cache_kernel",
+    "_paged_decode_partition_kernel",
+    "_paged_decode_reduce_kernel",
+}
+
+
+def _aligned(row) -> bool:
+    """The launch had 16-byte-aligned pointers and every activation stride a multiple of 16 elements.
+
+    The depthwise filter's strides (stride_w*: 49, 7 for 7x7 taps) are never multiples of 16 and
+    do not matter: the taps are read once per channel tile, the activations are what streams.
+    """
+    pointers_and_strides = [
+        a
+        for a, kind in row["arguments"].items()
+        if kind[0] == "*" or (a.startswith("stride") and not a.startswith("stride_w"))
+    ]
+    return all(a in row["divisible_by_16"] for a in pointers_and_strides)
+
+
+def test_rows_carry_the_specialisation_of_a_real_launch(report_rows):
+    """Taken from the launchers' calls: pointers aligned, unit strides folded to constants like the JIT."""
+    for row in report_rows:
+        pointers = [a for a, kind in row["arguments"].items() if kind[0] == "*"]
+        assert pointers and set(pointers) <= set(row["divisible_by_16"]), row["config"]
+    norms = {r["config"].split(";")[0]: r for r in report_rows if r["kernel"] == "_norm_fwd_kernel"}
+    assert "N" in norms["rms norm bfloat16 N=4096"]["divisible_by_16"]
+    assert "N" not in norms["rms norm bfloat16 N=4100"]["divisible_by_16"]
+
+
+def test_bandwidth_bound_half_precision_rows_use_128_bit_loads(report_rows):
+    rows = [
+        r
+        for r in report_rows
+        if r["kernel"] in BANDWIDTH_BOUND and ("bfloat16" in r["config"] or "float16" in r["config"]) and _aligned(r)
+    ]
+    assert {r["kernel"] for r in rows} == BANDWIDTH_BOUND
+    narrow = [
+        (r["kernel"], r["target"], r["config"].split(";")[0], r["load_bits"]) for r in rows if r["load_bits"] < 128
+    ]
+    assert not narrow, narrow
+    # The check can fail: rows of an unaligned width (4100 columns) compile to narrower loads.
+    unaligned = [r for r in report_rows if "N=4100" in r["config"]]
+    assert unaligned and not any(_aligned(r) for r in unaligned)
+    assert all(r["load_bits"] < 128 for r in unaligned)
