@@ -1,14 +1,19 @@
 """Continuous batching: which sequences compute which tokens this step, and what the step changed.
 
-Each step is either a prefill step or a decode step (prefill first, as vLLM's default):
-- prefill: waiting sequences are admitted first come first served while the token budget,
-  the sequence budget and the free blocks allow; a prompt longer than the remaining budget is
-  computed in chunks over several steps (chunked prefill);
-- decode: every running sequence computes its one new token. When a sequence needs a block
-  and none is free, the most recently admitted running sequence is preempted: its blocks are
-  freed and it goes back to the front of the waiting queue, to be recomputed (prompt and the
-  tokens generated so far) when blocks free up. The oldest sequence is never preempted for a
-  younger one, so the engine always makes progress.
+One step holds decodes and prefill chunks together under one token budget (vLLM V1's
+scheduler), so a long prompt arriving never stalls the running streams:
+- decodes first: every running sequence whose prompt is computed takes its one new token, in
+  admission order, while the budget lasts. When a sequence needs a block and none is free, the
+  most recently admitted running sequence is preempted: its blocks are freed and it goes back
+  to the front of the waiting queue, to be recomputed (prompt and the tokens generated so far)
+  when blocks free up. The oldest sequence is never preempted for a younger one, so the engine
+  always makes progress;
+- then prefill with what is left of the budget: sequences part-way through a prompt continue,
+  then waiting sequences are admitted first come first served while the budget, the sequence
+  limit and the free blocks allow; a prompt longer than the remaining budget is computed in
+  chunks over several steps (chunked prefill).
+A step of decodes only is a decode step (the runner's fixed-shape, graph-captured path); one
+with any prefill chunk runs through the prefill attention, decode rows included.
 
 A step is a transaction kept here: `schedule` opens it, then either `postprocess` commits it (the
 only place a sequence's progress moves after a step) or `abort_step` rolls it back.
@@ -90,15 +95,38 @@ class Scheduler:
     # -- one step ------------------------------------------------------------------------------
     def schedule(self) -> ScheduledBatch | None:
         self.blocks.begin_step()
-        batch = self._schedule_prefill()
-        if batch is None:
-            batch = self._schedule_decode()
-        if batch is not None:
-            batch.forks = [(s, self._forks[s.seq_id]) for s in batch.sampled if s.seq_id in self._forks]
+        budget = self.max_num_batched_tokens
+        decodes, copies = self._schedule_decodes(budget)
+        prefills, counts = self._schedule_prefills(budget - len(decodes))
+        if not decodes and not prefills:
+            return None
+        batch = ScheduledBatch(
+            decodes + prefills, [1] * len(decodes) + counts, is_decode=not prefills, block_copies=copies
+        )
+        batch.forks = [(s, self._forks[s.seq_id]) for s in batch.sampled if s.seq_id in self._forks]
         return batch
 
-    def _schedule_prefill(self) -> ScheduledBatch | None:
-        seqs, counts, budget = [], [], self.max_num_batched_tokens
+    def _schedule_decodes(self, budget: int) -> tuple[list[Sequence], list[tuple[int, int]]]:
+        copies: list[tuple[int, int]] = []
+        scheduled: list[Sequence] = []
+        for seq in list(self.running):
+            if len(scheduled) == budget:
+                break
+            if seq not in self.running or seq.num_uncomputed_tokens != 1:
+                continue  # preempted below for an older sequence, or still in its prompt
+            while self.blocks.slot_needs(seq) > self.blocks.num_free_blocks:
+                victim = self.running[-1]
+                self._preempt(victim)
+                if victim is seq:
+                    break
+            if seq in self.running:
+                copies += self.blocks.prepare_slot(seq)
+                self.blocks.register_full_blocks(seq, seq.num_computed_tokens + 1)
+                scheduled.append(seq)
+        return scheduled, copies
+
+    def _schedule_prefills(self, budget: int) -> tuple[list[Sequence], list[int]]:
+        seqs, counts = [], []
         # Sequences part-way through a chunked prefill continue first.
         for seq in self.running:
             if budget and seq.num_uncomputed_tokens > 1:
@@ -121,28 +149,7 @@ class Scheduler:
             seqs.append(seq)
             counts.append(n)
             budget -= n
-        if not seqs:
-            return None
-        return ScheduledBatch(seqs, counts, is_decode=False)
-
-    def _schedule_decode(self) -> ScheduledBatch | None:
-        copies: list[tuple[int, int]] = []
-        scheduled: list[Sequence] = []
-        for seq in list(self.running):
-            if seq not in self.running:
-                continue  # preempted below for an older sequence
-            while self.blocks.slot_needs(seq) > self.blocks.num_free_blocks:
-                victim = self.running[-1]
-                self._preempt(victim)
-                if victim is seq:
-                    break
-            if seq in self.running:
-                copies += self.blocks.prepare_slot(seq)
-                self.blocks.register_full_blocks(seq, seq.num_computed_tokens + 1)
-                scheduled.append(seq)
-        if not scheduled:
-            return None
-        return ScheduledBatch(scheduled, [1] * len(scheduled), is_decode=True, block_copies=copies)
+        return seqs, counts
 
     def abort_step(self, batch: ScheduledBatch) -> None:
         """The step failed, its K/V maybe partly written: roll back what `schedule` did.

@@ -19,7 +19,7 @@ def _scheduler(num_blocks=16, block_size=4, budget=64, max_model_len=100, eos=fr
 
 
 def _seq(tokens, arrival=0, index=0, **params):
-    return Sequence(arrival, index, tokens, SamplingParams(**params), arrival, None)
+    return Sequence(arrival, index, tokens, SamplingParams(**params), arrival, sample_seed=arrival)
 
 
 def _progress(seqs):
@@ -46,6 +46,29 @@ def test_schedule_decides_who_samples_and_only_postprocess_moves_progress():
     assert all(s.num_computed_tokens == len(s) - 1 for s in (long, short))  # the new token awaits its K/V
     batch = scheduler.schedule()
     assert batch.is_decode and batch.sampled == [long, short]
+
+
+def test_a_long_prompt_arriving_mixes_with_the_running_decodes():
+    """vLLM V1's budget: decodes first, the new prompt's chunks in what is left, every step."""
+    scheduler, _ = _scheduler(num_blocks=32, budget=8)
+    streams = [_seq([1, 2, 3], 0), _seq([4, 5], 1)]
+    for seq in streams:
+        scheduler.add(seq)
+    batch = scheduler.schedule()
+    scheduler.postprocess(batch, [7, 8], [None, None])
+    long = _seq(list(range(10, 30)), 2)  # 20 tokens: three chunks of the 6 tokens the decodes leave
+    scheduler.add(long)
+    for step in range(4):
+        batch = scheduler.schedule()
+        expected_chunk = min(6, 20 - 6 * step)
+        assert batch.seqs[:2] == streams and batch.num_tokens[:2] == [1, 1], step  # the streams never stall
+        assert batch.seqs[2:] == [long] and batch.num_tokens[2:] == [expected_chunk]
+        assert not batch.is_decode
+        sampled = len(batch.sampled)
+        scheduler.postprocess(batch, [9] * sampled, [None] * sampled)
+    assert long.num_output_tokens == 1 and all(s.num_output_tokens == 5 for s in streams)
+    batch = scheduler.schedule()
+    assert batch.is_decode and batch.seqs == [*streams, long]
 
 
 @pytest.mark.parametrize(
