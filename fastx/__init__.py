@@ -56,6 +56,9 @@ _LAZY = {
     "AutoModelForImageClassification": "fastx.models",
     "AutoTokenizer": "fastx.processing",
     "AutoImageProcessor": "fastx.processing",
+    # Models shipped inside pip packages: they work offline, on any machine.
+    "default_generation_model": "fastx.checkpoints.defaults",
+    "default_embedding_model": "fastx.checkpoints.defaults",
 }
 __all__ = ["__version__", *_LAZY]
 

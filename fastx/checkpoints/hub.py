@@ -87,9 +87,13 @@ def hub_call(name: str, revision: str | None, call, filename: str | None = None)
     except RevisionNotFoundError:
         raise OSError(f"{name}: revision {revision!r} not found") from None
     except LocalEntryNotFoundError:
+        # Raised both when downloading is off and when the Hub cannot be reached: say both, and
+        # what works offline.
         raise OSError(
-            f"{name}{what} not in the local Hugging Face cache and downloading is off "
-            "(HF_HUB_OFFLINE=1 or local_files_only=True); download it once with network access"
+            f"{name}{what} not in the local Hugging Face cache, and it could not be downloaded (no network, "
+            "or HF_HUB_OFFLINE=1 / local_files_only=True). Pass a local folder or .gguf file instead, or an "
+            "embedded default model: fastx.default_generation_model() (SmolLM2-135M-Instruct) or "
+            "fastx.default_embedding_model() (all-MiniLM-L6-v2); `fastx info` shows which are installed"
         ) from None
     except EntryNotFoundError:
         raise OSError(f"{name}: the repository has no file {filename!r}") from None
