@@ -56,6 +56,7 @@ _LAZY = {
     "AutoModelForImageClassification": "fastx.models",
     "AutoTokenizer": "fastx.processing",
     "AutoImageProcessor": "fastx.processing",
+    "pipeline": "fastx.pipelines",
 }
 __all__ = ["__version__", *_LAZY]
 
