@@ -50,6 +50,9 @@ TASKS: dict[str, Task] = {
         "AutoModelForMaskedLM",
         ("distilbert/distilroberta-base", "fb53ab8"),
     ),
+    "text-generation": Task(
+        "fastx.pipelines.text_generation", "TextGenerationPipeline", "AutoModelForCausalLM", (EMBEDDED, None)
+    ),
 }
 ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
 
