@@ -50,6 +50,20 @@ TASKS: dict[str, Task] = {
         "AutoModelForMaskedLM",
         ("distilbert/distilroberta-base", "fb53ab8"),
     ),
+    "zero-shot-classification": Task(
+        "fastx.pipelines.zero_shot_classification",
+        "ZeroShotClassificationPipeline",
+        "AutoModelForSequenceClassification",
+        # transformers' default is facebook/bart-large-mnli, an architecture fastx does not have
+        ("FacebookAI/roberta-large-mnli", None),
+    ),
+    "image-classification": Task(
+        "fastx.pipelines.image_classification",
+        "ImageClassificationPipeline",
+        "AutoModelForImageClassification",
+        ("google/vit-base-patch16-224", "3f49326"),
+        needs="image_processor",
+    ),
     "text-generation": Task(
         "fastx.pipelines.text_generation", "TextGenerationPipeline", "AutoModelForCausalLM", (EMBEDDED, None)
     ),
