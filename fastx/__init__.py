@@ -54,6 +54,7 @@ _LAZY = {
     "AutoModelForSequenceClassification": "fastx.models",
     "AutoModelForTokenClassification": "fastx.models",
     "AutoModelForImageClassification": "fastx.models",
+    "AutoModelForQuestionAnswering": "fastx.models",
     "AutoTokenizer": "fastx.processing",
     "AutoImageProcessor": "fastx.processing",
     "pipeline": "fastx.pipelines",
