@@ -50,6 +50,12 @@ TASKS: dict[str, Task] = {
         "AutoModelForMaskedLM",
         ("distilbert/distilroberta-base", "fb53ab8"),
     ),
+    "question-answering": Task(
+        "fastx.pipelines.question_answering",
+        "QuestionAnsweringPipeline",
+        "AutoModelForQuestionAnswering",
+        ("distilbert/distilbert-base-cased-distilled-squad", "564e9b5"),
+    ),
     "zero-shot-classification": Task(
         "fastx.pipelines.zero_shot_classification",
         "ZeroShotClassificationPipeline",

@@ -90,7 +90,9 @@ def tokenizers(minilm_path, tmp_path_factory) -> dict:
     roberta = transformers.RobertaTokenizer(
         vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"), model_max_length=512
     )
-    return {"bert": wordpiece, "distilbert": wordpiece, "roberta": roberta}
+    # DistilBERT's tokenizers return no token_type_ids (its models take none), as distilbert-base-* ship
+    distil = transformers.AutoTokenizer.from_pretrained(minilm_path, model_input_names=["input_ids", "attention_mask"])
+    return {"bert": wordpiece, "distilbert": distil, "roberta": roberta}
 
 
 @pytest.fixture(scope="session")
