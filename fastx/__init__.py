@@ -54,8 +54,10 @@ _LAZY = {
     "AutoModelForSequenceClassification": "fastx.models",
     "AutoModelForTokenClassification": "fastx.models",
     "AutoModelForImageClassification": "fastx.models",
+    "AutoModelForQuestionAnswering": "fastx.models",
     "AutoTokenizer": "fastx.processing",
     "AutoImageProcessor": "fastx.processing",
+    "pipeline": "fastx.pipelines",
     # Models shipped inside pip packages: they work offline, on any machine.
     "default_generation_model": "fastx.checkpoints.defaults",
     "default_embedding_model": "fastx.checkpoints.defaults",

@@ -6,6 +6,7 @@ from fastx.models.auto import (
     AutoModelForCausalLM,
     AutoModelForImageClassification,
     AutoModelForMaskedLM,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
 )
@@ -18,4 +19,5 @@ __all__ = [
     "AutoModelForSequenceClassification",
     "AutoModelForTokenClassification",
     "AutoModelForImageClassification",
+    "AutoModelForQuestionAnswering",
 ]

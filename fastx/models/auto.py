@@ -23,6 +23,7 @@ MODEL_TYPES: dict[str, tuple[str, dict[str, str]]] = {
             "AutoModelForMaskedLM": "BertForMaskedLM",
             "AutoModelForSequenceClassification": "BertForSequenceClassification",
             "AutoModelForTokenClassification": "BertForTokenClassification",
+            "AutoModelForQuestionAnswering": "BertForQuestionAnswering",
         },
     ),
     "roberta": (
@@ -32,6 +33,7 @@ MODEL_TYPES: dict[str, tuple[str, dict[str, str]]] = {
             "AutoModelForMaskedLM": "RobertaForMaskedLM",
             "AutoModelForSequenceClassification": "RobertaForSequenceClassification",
             "AutoModelForTokenClassification": "RobertaForTokenClassification",
+            "AutoModelForQuestionAnswering": "RobertaForQuestionAnswering",
         },
     ),
     "distilbert": (
@@ -41,6 +43,7 @@ MODEL_TYPES: dict[str, tuple[str, dict[str, str]]] = {
             "AutoModelForMaskedLM": "DistilBertForMaskedLM",
             "AutoModelForSequenceClassification": "DistilBertForSequenceClassification",
             "AutoModelForTokenClassification": "DistilBertForTokenClassification",
+            "AutoModelForQuestionAnswering": "DistilBertForQuestionAnswering",
         },
     ),
     "gpt2": ("fastx.models.gpt2", {"AutoModel": "GPT2Model", "AutoModelForCausalLM": "GPT2LMHeadModel"}),
@@ -146,3 +149,4 @@ AutoModelForMaskedLM = _auto("AutoModelForMaskedLM")
 AutoModelForSequenceClassification = _auto("AutoModelForSequenceClassification")
 AutoModelForTokenClassification = _auto("AutoModelForTokenClassification")
 AutoModelForImageClassification = _auto("AutoModelForImageClassification")
+AutoModelForQuestionAnswering = _auto("AutoModelForQuestionAnswering")

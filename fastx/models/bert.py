@@ -1,4 +1,4 @@
-"""BERT encoders (BertModel and its masked-LM, sequence- and token-classification heads).
+"""BERT encoders (BertModel and its masked-LM, sequence- and token-classification and question-answering heads).
 
 Legend: B = batch, L = padded length, T = real tokens (packed), E = hidden size, H = heads,
 D = head dim. A padded batch is packed once at the embeddings (no compute on padding, see
@@ -17,7 +17,13 @@ from torch import nn
 import fastx.ops as ops
 from fastx.models.base import PreTrainedModel
 from fastx.models.config import check_multiple, check_supported
-from fastx.models.outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput, TokenClassifierOutput
+from fastx.models.outputs import (
+    BaseModelOutput,
+    MaskedLMOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
 from fastx.models.packing import PackedBatch, packed_attention
 
 GELU_APPROXIMATION = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh"}
@@ -314,3 +320,22 @@ class BertForTokenClassification(_BertTaskModel):
 
     def head(self, out: BaseModelOutput):
         return TokenClassifierOutput(self.classifier(out.last_hidden_state), out.hidden_states, out.attentions)
+
+
+def span_logits(qa_outputs: nn.Linear, out: BaseModelOutput) -> QuestionAnsweringModelOutput:
+    """The extractive-QA head shared by the BERT family: per token a start and an end logit."""
+    start, end = qa_outputs(out.last_hidden_state).split(1, dim=-1)  # 2 x (B, L, 1)
+    return QuestionAnsweringModelOutput(start.squeeze(-1), end.squeeze(-1), out.hidden_states, out.attentions)
+
+
+class BertForQuestionAnswering(_BertTaskModel):
+    ignored_checkpoint_keys = PreTrainedModel.ignored_checkpoint_keys + _NO_POOLER
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, config.labels)
+
+    def head(self, out: BaseModelOutput):
+        return span_logits(self.qa_outputs, out)

@@ -1,4 +1,4 @@
-"""DistilBERT encoders (DistilBertModel and its masked-LM, sequence- and token-classification heads).
+"""DistilBERT encoders (DistilBertModel and its masked-LM, sequence- and token-classification and QA heads).
 
 Legend: B = batch, L = padded length, T = real tokens (packed), E = dim, F = hidden_dim,
 V = vocabulary, C = labels.
@@ -17,7 +17,7 @@ from torch import nn
 
 import fastx.ops as ops
 from fastx.models.base import PreTrainedModel
-from fastx.models.bert import GELU_APPROXIMATION, BertConfig, BertModel, BertSelfAttention
+from fastx.models.bert import GELU_APPROXIMATION, BertConfig, BertModel, BertSelfAttention, span_logits
 from fastx.models.config import check_multiple, check_supported
 from fastx.models.outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput, TokenClassifierOutput
 from fastx.models.packing import PackedBatch
@@ -222,3 +222,14 @@ class DistilBertForTokenClassification(_DistilBertTaskModel):
         return TokenClassifierOutput(
             self.classifier(out.last_hidden_state), out.hidden_states, out.attentions
         )  # (B, L, C)
+
+
+class DistilBertForQuestionAnswering(_DistilBertTaskModel):
+    def __init__(self, config: DistilBertConfig):
+        super().__init__()
+        self.config = config
+        self.distilbert = DistilBertModel(config)
+        self.qa_outputs = nn.Linear(config.dim, config.labels)
+
+    def head(self, out: BaseModelOutput):
+        return span_logits(self.qa_outputs, out)

@@ -71,6 +71,14 @@ class TokenClassifierOutput(ModelOutput):
 
 
 @dataclass
+class QuestionAnsweringModelOutput(ModelOutput):
+    start_logits: torch.Tensor  # (B, L): where the answer span starts
+    end_logits: torch.Tensor  # (B, L): where it ends
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
 class ImageClassifierOutput(ModelOutput):
     logits: torch.Tensor
     hidden_states: tuple[torch.Tensor, ...] | None = None

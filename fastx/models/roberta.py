@@ -1,4 +1,4 @@
-"""RoBERTa encoders (RobertaModel and its masked-LM, sequence- and token-classification heads).
+"""RoBERTa encoders (RobertaModel and its masked-LM, sequence- and token-classification and QA heads).
 
 Legend: B = batch, L = padded length, E = hidden size, V = vocabulary, C = labels.
 RoBERTa is BERT's architecture with other default position ids and other heads, so the
@@ -15,7 +15,13 @@ from torch import nn
 
 import fastx.ops as ops
 from fastx.models.base import PreTrainedModel
-from fastx.models.bert import BertConfig, BertForTokenClassification, BertModel, _BertTaskModel
+from fastx.models.bert import (
+    BertConfig,
+    BertForQuestionAnswering,
+    BertForTokenClassification,
+    BertModel,
+    _BertTaskModel,
+)
 from fastx.models.outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput
 
 
@@ -117,3 +123,16 @@ class RobertaForTokenClassification(_RobertaTaskModel, BertForTokenClassificatio
         self.config = config
         self.roberta = RobertaModel(config, add_pooling_layer=False)
         self.classifier = nn.Linear(config.hidden_size, config.labels)
+
+
+class RobertaForQuestionAnswering(_RobertaTaskModel, BertForQuestionAnswering):
+    """BERT's span head (its forward) over a RobertaModel."""
+
+    # SQuAD fine-tunes of roberta-base may still carry the base model's unused pooler
+    ignored_checkpoint_keys = PreTrainedModel.ignored_checkpoint_keys + (r"^(roberta\.)?pooler\.",)
+
+    def __init__(self, config: RobertaConfig):
+        PreTrainedModel.__init__(self)  # not BertForQuestionAnswering's: that one builds a BertModel
+        self.config = config
+        self.roberta = RobertaModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, config.labels)

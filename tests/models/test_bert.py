@@ -7,6 +7,7 @@ import transformers
 from fastx.models import (
     AutoModel,
     AutoModelForMaskedLM,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
 )
@@ -118,3 +119,20 @@ def test_heads_without_pooler_load_a_pretraining_checkpoint(tmp_path):
     torch.testing.assert_close(AutoModelForMaskedLM.from_pretrained(tmp_path)(ids).logits, expected, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="missing tensors.*classifier"):
         AutoModelForTokenClassification.from_pretrained(tmp_path)
+
+
+def test_question_answering_head_matches_transformers(tmp_path):
+    torch.manual_seed(0)
+    reference = transformers.BertForQuestionAnswering(transformers.BertConfig(**{**TINY, "num_labels": 2})).eval()
+    reference.save_pretrained(tmp_path)
+    model = AutoModelForQuestionAnswering.from_pretrained(tmp_path)
+    ids, mask, types = _batch()
+    with torch.no_grad():
+        expected = reference(input_ids=ids, attention_mask=mask, token_type_ids=types)
+    got = model(ids, attention_mask=mask, token_type_ids=types)
+    real = mask.bool()
+    assert got.start_logits.shape == got.end_logits.shape == ids.shape
+    torch.testing.assert_close(got.start_logits[real], expected.start_logits[real], atol=1e-4, rtol=0)
+    torch.testing.assert_close(got.end_logits[real], expected.end_logits[real], atol=1e-4, rtol=0)
+    start, end = got  # positional access as in transformers
+    assert start is got.start_logits and end is got.end_logits

@@ -10,6 +10,7 @@ from fastx.models import (
     AutoConfig,
     AutoModel,
     AutoModelForMaskedLM,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
 )
@@ -116,3 +117,17 @@ def test_runs_the_triton_kernels(checkpoint, monkeypatch, device):
         expected = reference(input_ids=ids, attention_mask=mask).logits
     got = model(ids.to(device), attention_mask=mask.to(device)).logits.cpu()
     torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-4, rtol=0)
+
+
+def test_question_answering_head_matches_transformers(tmp_path):
+    torch.manual_seed(0)
+    reference = transformers.DistilBertForQuestionAnswering(transformers.DistilBertConfig(**TINY)).eval()
+    reference.save_pretrained(tmp_path)
+    model = AutoModelForQuestionAnswering.from_pretrained(tmp_path)
+    ids, mask = _batch()
+    with torch.no_grad():
+        expected = reference(input_ids=ids, attention_mask=mask)
+    got = model(ids, attention_mask=mask)
+    real = mask.bool()
+    torch.testing.assert_close(got.start_logits[real], expected.start_logits[real], atol=1e-4, rtol=0)
+    torch.testing.assert_close(got.end_logits[real], expected.end_logits[real], atol=1e-4, rtol=0)

@@ -10,6 +10,7 @@ from fastx.models import (
     AutoConfig,
     AutoModel,
     AutoModelForMaskedLM,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
 )
@@ -142,3 +143,27 @@ def test_runs_the_triton_kernels(checkpoint, monkeypatch, device):
         expected = reference(input_ids=ids, attention_mask=mask).logits
     got = model(ids.to(device), attention_mask=mask.to(device)).logits.cpu()
     torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-4, rtol=0)
+
+
+def test_question_answering_head_matches_transformers(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.RobertaConfig(**{**TINY, "num_labels": 2})
+    reference = transformers.RobertaForQuestionAnswering(config).eval()
+    reference.save_pretrained(tmp_path)
+    model = AutoModelForQuestionAnswering.from_pretrained(tmp_path)
+    ids, mask = _batch()
+    with torch.no_grad():
+        expected = reference(input_ids=ids, attention_mask=mask)
+    got = model(ids, attention_mask=mask)
+    real = mask.bool()
+    torch.testing.assert_close(got.start_logits[real], expected.start_logits[real], atol=1e-4, rtol=0)
+    torch.testing.assert_close(got.end_logits[real], expected.end_logits[real], atol=1e-4, rtol=0)
+    # a SQuAD fine-tune of roberta-base may keep the base model's pooler: ignored, not an error
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(tmp_path / "model.safetensors")
+    tensors["roberta.pooler.dense.weight"] = torch.zeros(80, 80)
+    tensors["roberta.pooler.dense.bias"] = torch.zeros(80)
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    reloaded = AutoModelForQuestionAnswering.from_pretrained(tmp_path)(ids, attention_mask=mask)
+    torch.testing.assert_close(reloaded.start_logits, got.start_logits)
