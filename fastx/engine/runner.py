@@ -70,16 +70,19 @@ class ModelRunner:
             self.graphs = self._capture()
 
     # -- decode under CUDA graphs ----------------------------------------------------------------
+    def _logits(self, input_ids: torch.Tensor, meta) -> torch.Tensor:
+        return self.model.compute_logits(self.model.forward_packed(input_ids, meta, self.kv_caches))
+
+    def _padded_decode(self, rows: int):
+        """(ids, metadata) of a decode step of `rows` padded rows: it reads and writes no K/V."""
+        ids, meta = self.buffers.empty_decode(rows)
+        meta.decode_splits = self.decode_splits[rows]
+        return ids, meta
+
     def _capture(self) -> DecodeGraphs:
-        inputs = {rows: self.buffers.empty_decode(rows) for rows in self.buckets}  # padding only: no K/V is touched
-
-        def forward(rows: int) -> torch.Tensor:
-            ids, meta = inputs[rows]
-            meta.decode_splits = self.decode_splits[rows]
-            return self.model.compute_logits(self.model.forward_packed(ids, meta, self.kv_caches))
-
+        inputs = {rows: self._padded_decode(rows) for rows in self.buckets}
         with torch.inference_mode():
-            return DecodeGraphs(forward, self.buckets, self.device)
+            return DecodeGraphs(lambda rows: self._logits(*inputs[rows]), self.buckets, self.device)
 
     def warm_up(self) -> None:
         """Compile what the engine will launch before its first request; logs the time.
@@ -93,12 +96,10 @@ class ModelRunner:
         with torch.inference_mode():
             if self.graphs is None:
                 for rows in self.buckets:
-                    ids, meta = self.buffers.empty_decode(rows)
-                    meta.decode_splits = self.decode_splits[rows]
-                    self.model.compute_logits(self.model.forward_packed(ids, meta, self.kv_caches))
+                    self._logits(*self._padded_decode(rows))
             ids, meta = self.buffers.empty_decode(1)
             meta.is_decode = False  # a one-token prefill of an empty context: the prefill kernels
-            self.model.compute_logits(self.model.forward_packed(ids, meta, self.kv_caches))
+            self._logits(ids, meta)
         torch.cuda.synchronize(self.device)
         log.info("compiled the engine's kernels in %.2f s", time.perf_counter() - started)
 

@@ -99,35 +99,28 @@ class StepBuffers:
         cu_q[n_seqs + 1 : rows + 1] = cu_q[n_seqs]
         cu_k[n_seqs + 1 : rows + 1] = cu_k[n_seqs]
         width = max(len(s.block_table) for s in batch.seqs)
-        tables = self.block_tables.upload(rows)
-        meta = AttentionMetadata(
-            positions=self.positions.upload(t_rows),
-            cu_seqlens_q=self.cu_seqlens_q.upload(rows + 1),
-            cu_seqlens_k=self.cu_seqlens_k.upload(rows + 1),
-            max_seqlen_q=max(batch.num_tokens),
-            max_seqlen_k=int(contexts[:n_seqs].max()),
-            slot_mapping=self.slot_mapping.upload(t_rows),
-            # Decode reads through the full-width table (one stride for every step a graph replays);
-            # prefill through the used columns only.
-            block_tables=tables if batch.is_decode else tables[:, :width],
-            context_lens=self.context_lens.upload(rows),
-            is_decode=batch.is_decode,
-        )
+        meta = self._metadata(t_rows, rows, max(batch.num_tokens), int(contexts[:n_seqs].max()), batch.is_decode, width)
         return self.input_ids.upload(t_rows), meta
 
     def empty_decode(self, rows: int) -> tuple[torch.Tensor, AttentionMetadata]:
         """A decode step of `rows` padded rows (what a CUDA graph is captured on): it reads and writes nothing."""
         self.input_ids.np[:rows], self.positions.np[:rows], self.slot_mapping.np[:rows] = 0, 0, -1
         self.context_lens.np[:rows], self.cu_seqlens_q.np[: rows + 1], self.cu_seqlens_k.np[: rows + 1] = 0, 0, 0
-        meta = AttentionMetadata(
-            positions=self.positions.upload(rows),
+        meta = self._metadata(rows, rows, max_seqlen_q=1, max_seqlen_k=0, is_decode=True, width=None)
+        return self.input_ids.upload(rows), meta
+
+    def _metadata(self, t_rows, rows, max_seqlen_q, max_seqlen_k, is_decode, width) -> AttentionMetadata:
+        """Upload the written rows; the metadata views them. Decode reads the full-width table (one
+        stride for every step a graph replays); prefill the `width` columns in use."""
+        tables = self.block_tables.upload(rows)
+        return AttentionMetadata(
+            positions=self.positions.upload(t_rows),
             cu_seqlens_q=self.cu_seqlens_q.upload(rows + 1),
             cu_seqlens_k=self.cu_seqlens_k.upload(rows + 1),
-            max_seqlen_q=1,
-            max_seqlen_k=0,
-            slot_mapping=self.slot_mapping.upload(rows),
-            block_tables=self.block_tables.upload(rows),
+            max_seqlen_q=max_seqlen_q,
+            max_seqlen_k=max_seqlen_k,
+            slot_mapping=self.slot_mapping.upload(t_rows),
+            block_tables=tables if is_decode else tables[:, :width],
             context_lens=self.context_lens.upload(rows),
-            is_decode=True,
+            is_decode=is_decode,
         )
-        return self.input_ids.upload(rows), meta
