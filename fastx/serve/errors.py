@@ -57,7 +57,7 @@ def format_validation_error(errors: list[dict[str, Any]]) -> APIError:
     for part in first.get("loc", ()):
         if isinstance(part, int):
             path += f"[{part}]"
-        elif isinstance(part, str) and not part.startswith("function-"):  # validator frames are not fields
+        elif isinstance(part, str) and not _is_schema_frame(part):
             path += f".{part}" if path else part
     kind = first.get("type", "")
     if kind == "json_invalid":
@@ -73,6 +73,11 @@ def format_validation_error(errors: list[dict[str, Any]]) -> APIError:
     if kind == "missing":
         return invalid(path, "required field missing", code="missing")
     return invalid(path, f"{message}, got {_short(first.get('input'))}")
+
+
+def _is_schema_frame(part: str) -> bool:
+    """pydantic puts a union member's type (`str`, `list[TextPart]`) or a validator's frame in `loc`: not fields."""
+    return part.startswith("function-") or "[" in part or part in ("str", "int", "float", "bool", "none")
 
 
 def _short(value: Any) -> str:
