@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fastx.engine.engine import Engine
 from fastx.engine.sampling_params import SamplingParams
@@ -116,7 +116,7 @@ class _Job:
     hold: int  # characters held back while they could start a stop string
     prompt_tokens: int
     logprobs: bool = False
-    finished: list[str] = field(default_factory=list)
+    first_token_seen: bool = False
 
 
 class EngineLoop:
@@ -270,9 +270,10 @@ class EngineLoop:
             if not new_tokens and not text and finish is None:
                 continue
             if new_tokens:
-                if sample.last_token_at is None:
+                if not job.first_token_seen:  # once per request, whatever its n and prompts
+                    job.first_token_seen = True
                     metrics.time_to_first_token.observe(now - job.arrival)
-                else:
+                if sample.last_token_at is not None:
                     metrics.inter_token_latency.observe(now - sample.last_token_at)
                 sample.last_token_at = now
                 metrics.generation_tokens.inc(len(new_tokens))

@@ -227,11 +227,8 @@ class Generation:
             while True:
                 try:
                     update = await handle.next()
-                except APIError as exc:
-                    yield sse(exc.body())
-                    break
-                except Exception as exc:
-                    yield sse(APIError(500, str(exc)).body())
+                except Exception as exc:  # the engine failed mid-stream: the status line went out long ago
+                    yield sse(APIError(500, str(exc), code="engine_error").body())
                     break
                 for delta in update.deltas:
                     choice = choices.setdefault(delta.choice, _Choice())

@@ -5,6 +5,7 @@ an API key) serves the whole module; every answer is checked against fastx.LLM o
 prompts in this process, so the server is judged by what the engine computes, not by itself.
 """
 
+import asyncio
 import base64
 import time
 
@@ -315,3 +316,13 @@ def test_a_client_leaving_a_plain_request_aborts_it(server):
     m = _wait_idle(server)
     assert m["fastx_kv_blocks_used"] == 0
     assert m['fastx_requests_finished_total{finish_reason="abort"}'] == before + 1
+
+
+def test_the_bench_client_load_counts_what_the_server_made(server, client):
+    """fastx bench serve's load generator, at concurrency 4 against this server."""
+    from fastx.cli.bench_serve import _level
+
+    row = asyncio.run(_level(server.url, MODEL, 4, 8, 6, headers=server.headers))
+    assert row["requests"] == 8 and 0 < row["output_tokens"] <= 8 * 6
+    assert row["output_tokens_per_s"] == pytest.approx(row["output_tokens"] / row["seconds"])
+    assert 0 < row["ttft_p50_s"] <= row["ttft_p99_s"] and 0 < row["itl_p50_s"] <= row["itl_p99_s"]
