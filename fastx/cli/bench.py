@@ -16,14 +16,23 @@ DESCRIPTION = (
     "  GB/s or TFLOP/s from the byte/FLOP formula, %% of the GPU's peak when known).\n"
     "e2e: all-MiniLM-L6-v2 embeddings (sentences/s) and SmolLM2 batch generation\n"
     "  (tokens/s), fastx vs transformers when it is installed.\n"
+    "serve: streaming chat clients at concurrency 1, 4, 16 against `fastx serve`, then\n"
+    "  `transformers serve --continuous-batching` on the same SmolLM2 weights\n"
+    "  (requests/s, output tokens/s, time to first token and inter-token p50/p99).\n"
     "Writes OUT/bench.json, and PNG plots of the sweeps when matplotlib is installed."
 )
-EPILOG = "examples:\n  fastx bench\n  fastx bench kernels --out results/\n  fastx bench e2e --quick"
+EPILOG = (
+    "examples:\n  fastx bench\n  fastx bench kernels --out results/\n  fastx bench e2e --quick\n  fastx bench serve"
+)
 
 
 def add_arguments(parser) -> None:
     parser.add_argument(
-        "what", nargs="?", choices=("kernels", "e2e", "all"), default="all", help="which benchmarks (default all)"
+        "what",
+        nargs="?",
+        choices=("kernels", "e2e", "serve", "all"),
+        default="all",
+        help="which benchmarks (default all: kernels and e2e; serve starts servers and runs alone)",
     )
     parser.add_argument("--out", default="fastx-bench", help="output folder (default ./fastx-bench)")
     parser.add_argument("--quick", action="store_true", help="small workloads (a smoke run)")
@@ -98,6 +107,12 @@ def run(args) -> int:
         _run_kernels(report, device, args.quick)
     if args.what in ("e2e", "all"):
         _run_e2e(report, device, args.quick)
+    if args.what == "serve":
+        from fastx.checkpoints.defaults import default_generation_model
+        from fastx.cli.bench_serve import bench_serve
+
+        print("== serve: streaming chat clients against fastx serve, then transformers serve (same model)")
+        report["serve"] = bench_serve(default_generation_model(), device, args.quick)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "bench.json")
     with open(path, "w", encoding="utf-8") as f:

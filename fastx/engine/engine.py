@@ -25,7 +25,7 @@ from fastx.engine.scheduler import Scheduler
 from fastx.engine.sequence import Sequence
 from fastx.processing.detokenizer import IncrementalDetokenizer
 
-__all__ = ["Engine", "EngineConfig", "Request"]
+__all__ = ["Engine", "EngineConfig", "EngineStats", "Request"]
 
 DEFAULT_CPU_KV_BYTES = 1 << 30  # 1 GiB: ~23k tokens of SmolLM2-135M's fp32 K/V
 GPU_MEMORY_FRACTION = 0.85  # of the memory free after loading the model, as vLLM's gpu_memory_utilization
@@ -41,6 +41,18 @@ class Request:
     @property
     def finished(self) -> bool:
         return all(s.is_finished for s in self.seqs)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """A snapshot for monitoring (fastx serve's /metrics): what is queued and what the KV cache holds."""
+
+    num_requests_running: int  # requests with a sequence admitted to the running batch
+    num_requests_waiting: int  # requests whose sequences all wait (new or preempted)
+    num_kv_blocks: int
+    num_free_kv_blocks: int  # includes freed blocks whose cached prefix can still be revived
+    num_prefix_hit_tokens: int  # prompt tokens served from the prefix cache so far
+    num_preemptions: int
 
 
 def _seed_for(seed: int, sample_index: int) -> int:
@@ -114,6 +126,18 @@ class Engine:
     @property
     def capacity_tokens(self) -> int:
         return self.block_manager.capacity_tokens
+
+    def stats(self) -> EngineStats:
+        running = {seq.request_id for seq in self.scheduler.running}
+        waiting = {seq.request_id for seq in self.scheduler.waiting} - running
+        return EngineStats(
+            num_requests_running=len(running),
+            num_requests_waiting=len(waiting),
+            num_kv_blocks=self.block_manager.num_blocks,
+            num_free_kv_blocks=self.block_manager.num_free_blocks,
+            num_prefix_hit_tokens=self.block_manager.num_prefix_hits,
+            num_preemptions=self.scheduler.num_preemptions,
+        )
 
     def reset_prefix_cache(self) -> int:
         """Forget cached prompt blocks not in use; returns how many were dropped."""
