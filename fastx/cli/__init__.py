@@ -2,6 +2,7 @@
 
     fastx generate "Why is the sky blue?"          stream SmolLM2-135M-Instruct's answer
     fastx generate --file prompts.jsonl --json     one continuous batch, machine-readable output
+    fastx chat                                     interactive multi-turn chat, streamed answers
     fastx embed "first sentence" "second one"      all-MiniLM-L6-v2 embeddings as JSON
     fastx serve --port 8000                        OpenAI-compatible server (needs fastx[serve])
     fastx bench e2e --quick                        fastx vs transformers, end to end
@@ -20,11 +21,11 @@ import argparse
 import os
 import sys
 
-from fastx.cli import bench, embed, generate, info, kernels, selftest, serve
+from fastx.cli import bench, chat, embed, generate, info, kernels, selftest, serve
 from fastx.cli.common import PROG, UsageError
 
 # Each command module: NAME, HELP, DESCRIPTION, EPILOG, add_arguments(parser) and run(args).
-COMMANDS = (generate, embed, serve, bench, kernels, selftest, info)
+COMMANDS = (generate, chat, embed, serve, bench, kernels, selftest, info)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,4 +1,5 @@
-"""What several `fastx` commands share: the error type, progress notes, prompt files, the device."""
+"""What several `fastx` commands share: the error type, progress notes, prompt files, the device,
+the model and sampling flags of `generate` and `chat` (fastx.cli.llm_flags)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,12 @@ def status(message: str) -> None:
     """A progress note for people at a terminal; scripts reading stderr get nothing extra."""
     if sys.stderr.isatty():
         sys.stderr.write(f"{PROG}: {message}\n")
+
+
+def note(message: str) -> None:
+    """A line on stderr whether or not it is a terminal (loading, the speed summary); --quiet drops it."""
+    sys.stderr.write(f"{PROG}: {message}\n")
+    sys.stderr.flush()
 
 
 def default_device() -> str:
@@ -47,11 +54,16 @@ def package_version(dist: str) -> str | None:
 
 def read_prompt_file(path: str) -> list[str]:
     """One prompt per line, or JSONL lines {"prompt": ...}; blank lines are skipped; "-" is stdin."""
-    if path == "-":
-        lines = sys.stdin.read().splitlines()
-    else:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+    try:
+        if path == "-":
+            lines = sys.stdin.read().splitlines()
+        else:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"--file {path}: expected UTF-8 text, got byte 0x{exc.object[exc.start]:02x} at offset {exc.start}"
+        ) from None
     prompts = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -66,6 +78,8 @@ def read_prompt_file(path: str) -> list[str]:
             prompts.append(record["prompt"])
         else:
             prompts.append(line)
+    if not prompts:
+        raise ValueError(f"--file {path}: the file is empty (expected one prompt per line)")
     return prompts
 
 
@@ -100,3 +114,133 @@ def rerun_under_interpreter(argv: list[str]) -> int:
     """Run `python -m fastx ARGV` with Triton's interpreter on: it must be chosen before any kernel
     module is imported, so a CPU-only check runs in a fresh process."""
     return rerun(argv, {"TRITON_INTERPRET": "1", "FASTX_BACKEND": None, "_FASTX_CHECK_CHILD": "1"})
+
+
+# -- the model and sampling flags of `generate` and `chat` (and a future `serve`) ------------------
+# Names and meanings follow vLLM's (`--dtype`, `--top-k`, `--repetition-penalty`) and llama.cpp's
+# (`-n`/`--n-predict`, `--threads`, `--system-prompt`, `--repeat-penalty`) where they have one.
+DTYPE_CHOICES = ("auto", "float32", "float", "float16", "half", "bfloat16")
+
+
+def add_llm_arguments(parser) -> None:
+    """--model, --device, --dtype, --threads, --pack-weights, --seed, --quiet: loading the model."""
+    parser.add_argument(
+        "--model", "-m", help="Hub id, checkpoint folder or .gguf file (default: SmolLM2-135M-Instruct)"
+    )
+    parser.add_argument("--device", default="auto", help='"auto" (cuda when available, else cpu), "cpu", "cuda:1"')
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default=None,
+        help="weights' dtype (default: the device's: bf16 on CUDA and AMX CPUs, else fp32; auto: the checkpoint's)",
+    )
+    parser.add_argument("--threads", "-t", type=int, help="CPU threads for torch (torch.set_num_threads)")
+    parser.add_argument(
+        "--pack-weights", action="store_true", help="fp32 on the CPU: oneDNN-packed weights, faster batches, 2x memory"
+    )
+    parser.add_argument("--seed", type=int, default=None, help="seed for sampling (reproducible runs)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no loading line and no speed summary on stderr")
+
+
+def add_sampling_arguments(parser, max_tokens: int) -> None:
+    """--max-tokens/-n, --temperature, --top-p, --top-k, --repetition-penalty, --stop, --system."""
+    parser.add_argument(
+        "--max-tokens",
+        "-n",
+        "--n-predict",
+        dest="max_tokens",
+        type=int,
+        default=max_tokens,
+        help=f"new tokens per answer at most; -1: until the end of text or the context (default {max_tokens})",
+    )
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (default 1)")
+    parser.add_argument("--top-k", type=int, default=-1, help="sample among the k likeliest tokens; -1: all (default)")
+    parser.add_argument(
+        "--repetition-penalty",
+        "--repeat-penalty",
+        dest="repetition_penalty",
+        type=float,
+        default=1.0,
+        help="> 1 discourages tokens already in the prompt or the answer (vLLM's; default 1: off)",
+    )
+    parser.add_argument(
+        "--stop", action="append", default=[], metavar="TEXT", help="end an answer at TEXT (repeatable; not printed)"
+    )
+    parser.add_argument(
+        "--system", "--system-prompt", dest="system", help="system message put before the prompt in the chat template"
+    )
+
+
+def sampling_params(args):
+    """SamplingParams from the flags, before the model loads; a bad value is a usage error naming the flag."""
+    from fastx.engine.sampling_params import SamplingParams
+
+    if args.max_tokens == 0 or args.max_tokens < -1:
+        raise UsageError(f"--max-tokens: expected an integer >= 1, or -1 for no limit, got {args.max_tokens}")
+    try:
+        return SamplingParams(
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            repetition_penalty=args.repetition_penalty,
+            max_tokens=None if args.max_tokens == -1 else args.max_tokens,
+            stop=args.stop or None,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        message = str(exc)
+        if message.startswith("SamplingParams."):
+            field, _, rest = message.removeprefix("SamplingParams.").partition(":")
+            # Every flag here takes a value: "or None" (the Python API's unset) cannot be typed.
+            message = f"--{field.replace('_', '-')}:{rest.replace(' or None', '')}"
+        raise UsageError(message) from None
+
+
+def _check_llm_flags(args) -> str:
+    """The device to load on; flags the model does not need are checked first, in milliseconds."""
+    import torch
+
+    device = default_device() if args.device == "auto" else args.device
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UsageError(f'--device: expected "auto", "cpu", "cuda" or "cuda:N", got {args.device!r}') from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: this torch build or machine has no CUDA device (use --device cpu)")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads: expected an integer >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    if args.pack_weights and (parsed.type != "cpu" or args.dtype not in (None, "auto", "float32", "float")):
+        raise UsageError(f"--pack-weights: needs fp32 weights on the CPU, got --device {device} --dtype {args.dtype}")
+    return device
+
+
+def load_llm(args):
+    """fastx.LLM for --model (default SmolLM2-135M-Instruct) with the loading flags."""
+    import time
+
+    from fastx import LLM
+    from fastx.checkpoints.defaults import default_generation_model
+
+    device = _check_llm_flags(args)
+    model = args.model or default_generation_model()
+    live = not args.quiet and sys.stderr.isatty()
+    if live:  # replaced by the outcome, so a failed load leaves only the error line
+        sys.stderr.write(f"{PROG}: loading {model} on {device} ...")
+        sys.stderr.flush()
+    start = time.perf_counter()
+    try:
+        llm = LLM(model, device=device, dtype=args.dtype, seed=args.seed or 0, pack_weights=args.pack_weights)
+    finally:
+        if live:
+            sys.stderr.write("\r\033[K")
+    if not args.quiet:
+        dtype = str(llm.model.dtype).removeprefix("torch.")
+        note(f"loaded {model} on {device} ({dtype}) in {time.perf_counter() - start:.1f} s")
+    return llm
+
+
+def chat_messages(system: str | None, turns: list[dict]) -> list[dict]:
+    return ([{"role": "system", "content": system}] if system else []) + turns

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -238,10 +239,13 @@ class LLM:
         ]
         return self.generate(prompts, sampling_params, use_tqdm)
 
-    def stream(self, prompt, sampling_params: SamplingParams | None = None) -> Iterator[str]:
+    def stream(
+        self, prompt, sampling_params: SamplingParams | None = None, metrics: dict[str, Any] | None = None
+    ) -> Iterator[str]:
         """Yield text deltas as tokens are produced; closing the generator aborts the request.
 
         Text that could be the start of a stop string is held back until it is known not to be.
+        `metrics`, when given, is filled as generate_as_completed fills RequestOutput.metrics.
         """
         ((text, ids, params),) = self._normalise(prompt, sampling_params)
         if params.n != 1:
@@ -249,10 +253,13 @@ class LLM:
         ((request_id, _, _),) = self._add([(text, ids, params)])
         hold = max((len(s) for s in params.stop_strings), default=1) - 1
         emitted = 0
+        metrics = {} if metrics is None else metrics
+        metrics.update(arrival_time=time.perf_counter(), num_prompt_tokens=len(ids))
         try:
             while True:
                 request = self.engine.get_request(request_id)
                 seq = request.seqs[0]
+                _record_progress(metrics, request)
                 if request.finished:
                     if len(seq.output_text) > emitted:
                         yield seq.output_text[emitted:]
@@ -264,3 +271,36 @@ class LLM:
                     emitted = safe
         finally:
             self.engine.discard_request(request_id)
+
+    def generate_as_completed(self, prompts, sampling_params=None) -> Iterator[tuple[int, RequestOutput]]:
+        """Like generate, one continuous batch, but yield (prompt index, output) as each request finishes,
+        so a caller can write finished answers before the slowest one ends; closing the generator aborts
+        the rest. Each output's `metrics` holds time.perf_counter() stamps `arrival_time`,
+        `first_token_time` and `finished_time`, and `num_prompt_tokens`, `num_output_tokens`."""
+        added = self._add(self._normalise(prompts, sampling_params))
+        start = time.perf_counter()
+        metrics = {rid: {"arrival_time": start, "num_prompt_tokens": len(ids)} for rid, _, ids in added}
+        pending = dict(enumerate(added))
+        try:
+            while pending:
+                self.engine.step()
+                for index, (rid, text, ids) in list(pending.items()):
+                    if _record_progress(metrics[rid], self.engine.get_request(rid)):
+                        del pending[index]
+                        output = self._output(rid, text, ids)
+                        output.metrics = metrics[rid]
+                        yield index, output
+        finally:
+            for rid, _, _ in pending.values():
+                self.engine.discard_request(rid)
+
+
+def _record_progress(metrics: dict[str, Any], request) -> bool:
+    """Stamp the first token and the end of `request` into `metrics`; True once it has finished."""
+    now = time.perf_counter()
+    metrics["num_output_tokens"] = sum(s.num_output_tokens for s in request.seqs)
+    if metrics["num_output_tokens"] and "first_token_time" not in metrics:
+        metrics["first_token_time"] = now
+    if request.finished and "finished_time" not in metrics:
+        metrics["finished_time"] = now
+    return request.finished
