@@ -107,13 +107,21 @@ def jit_functions() -> dict[str, Any]:
     return found
 
 
-def all_configs() -> list[AotConfig]:
-    configs = []
+def configs_by_module() -> dict[str, list[AotConfig]]:
+    """Each kernel module's short name ("rms_norm") -> the configurations its `aot_configs` lists.
+
+    The module that lists a configuration is not always the one that defines its kernel (rms_norm.py
+    compiles layer_norm.py's kernel with IS_RMS_NORM), so selection by name goes through this."""
+    found = {}
     for module_name in kernel_modules():
         module = importlib.import_module(module_name)
         if hasattr(module, "aot_configs"):
-            configs.extend(module.aot_configs())
-    return configs
+            found[module_name.rpartition(".")[2]] = module.aot_configs()
+    return found
+
+
+def all_configs() -> list[AotConfig]:
+    return [cfg for configs in configs_by_module().values() for cfg in configs]
 
 
 def _alignment_attrs(cfg: AotConfig, signature: dict[str, str]) -> dict:

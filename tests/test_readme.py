@@ -30,8 +30,25 @@ def test_readme_main_command_runs_a_real_job():
     assert "pip install" in main and "fastx generate" in main
 
 
+# A block preceded by `<!-- run-by: tests/... -->` needs more than a fresh interpreter (a running server):
+# the named test runs it as written instead, and this file checks that the test exists and reads it.
+_BLOCK = re.compile(r"(?:<!-- run-by: (\S+)[^>]*-->\s*)?```python\n(.*?)```", re.S)
+
+
+def _all_python_blocks() -> list[tuple[str | None, str]]:
+    return _BLOCK.findall((ROOT / "README.md").read_text())
+
+
 def _python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    return [code for runner, code in _all_python_blocks() if not runner]
+
+
+def test_blocks_run_elsewhere_are_run_by_the_named_test():
+    runners = [runner for runner, _ in _all_python_blocks() if runner]
+    for runner in runners:
+        test = ROOT / runner
+        assert test.is_file(), f"README names {runner} as the runner of a python block, and it does not exist"
+        assert "README.md" in test.read_text(), f"{runner} does not read its block from README.md"
 
 
 def test_the_readme_has_python_examples():

@@ -49,12 +49,16 @@ def add_arguments(parser) -> None:
 
 # -- the compile report ----------------------------------------------------------------------------
 def _selected_configs(only: list[str] | None):
-    from fastx.kernels.aot import all_configs
+    from fastx.kernels.aot import configs_by_module
 
-    def names(c):  # the kernel's name and its module's ("_norm_fwd_kernel", "layer_norm")
-        return (c.name, c.kernel.fn.__module__.rpartition(".")[2])
-
-    return [c for c in all_configs() if not only or any(o in n for o in only for n in names(c))]
+    # A configuration matches by its kernel's name or the name of the module listing it
+    # (`--only rms_norm` selects rms_norm.py's configurations of layer_norm.py's kernel).
+    return [
+        c
+        for module, configs in configs_by_module().items()
+        for c in configs
+        if not only or any(o in n for o in only for n in (c.name, module))
+    ]
 
 
 def _compile_selected(job) -> dict[str, Any]:

@@ -1,6 +1,9 @@
 """`fastx kernels`: the compile report (re-run without the interpreter) and the numerics self-check."""
 
 import json
+import os
+import subprocess
+import sys
 
 
 def test_kernels_report_json(cli, tmp_path):
@@ -30,3 +33,19 @@ def test_kernels_check(cli, tmp_path):
         "paged_decode_attention",
     } <= ops
     assert all(line.startswith("pass") for line in lines)
+
+
+def test_only_selects_by_the_listing_module():
+    """`--only rms_norm` (its --help example): rms_norm.py lists layer_norm.py's kernel with IS_RMS_NORM.
+
+    Run without the interpreter, as the report itself runs: configurations are read from JIT functions."""
+    code = (
+        "import json\nfrom fastx.cli.kernels import _selected_configs as s\n"
+        "print(json.dumps([[c.constexprs['IS_RMS_NORM'] for c in s(['rms_norm'])], "
+        "sorted({c.constexprs['IS_RMS_NORM'] for c in s(['norm'])}), sorted({c.name for c in s(['rms_norm'])})]))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rms, norms, kernels = json.loads(out.stdout)
+    assert rms and all(rms) and norms == [False, True] and kernels == ["_norm_fwd_kernel"]

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-import fastx.serve
 from fastx import LLM, SamplingParams
 
 openai = pytest.importorskip("openai")
@@ -36,10 +35,10 @@ def test_the_default_model_chats_as_llm_chat_does(server, smollm2_gguf):
 
 
 def test_the_readme_example_runs_as_written(server, capsys):
-    """The proposed README section's Python block, against this server (only the port differs)."""
-    section = (Path(fastx.serve.__file__).parent / "README_SECTION.md").read_text()
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    """The README's serving block (marked as run by this file), against this server (only the port differs)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    code = re.search(r"<!-- run-by: tests/serve/test_smollm2.py[^>]*-->\s*```python\n(.*?)```", readme, re.S).group(1)
     assert "http://127.0.0.1:8000/v1" in code
-    exec(compile(code.replace("http://127.0.0.1:8000", server.url), "README_SECTION.md", "exec"), {})
+    exec(compile(code.replace("http://127.0.0.1:8000", server.url), "README.md", "exec"), {})
     printed = capsys.readouterr().out
     assert printed.count("Paris") == 2, printed  # the reply, then the same reply streamed
