@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any
 
-from fastx.cli.common import device_name, package_version
+from fastx.cli.common import default_out_dir, device_name, display_path, package_version
 
 NAME = "bench"
 HELP = "benchmark kernels and end-to-end workloads"
@@ -34,7 +34,11 @@ def add_arguments(parser) -> None:
         default="all",
         help="which benchmarks (default all: kernels and e2e; serve starts servers and runs alone)",
     )
-    parser.add_argument("--out", default="fastx-bench", help="output folder (default ./fastx-bench)")
+    parser.add_argument(
+        "--out",
+        default=default_out_dir("bench"),
+        help=f"output folder (default {display_path(default_out_dir('bench'))}, said when written)",
+    )
     parser.add_argument("--quick", action="store_true", help="small workloads (a smoke run)")
 
 
@@ -60,6 +64,8 @@ def _run_e2e(report: dict[str, Any], device: str, quick: bool) -> None:
     from fastx.cli import bench_e2e
 
     print(f"== end to end ({device}); ratio = fastx / peer")
+    if quick:
+        print("--quick: smoke-run sizes (a few sentences, 2 prompts x 4 tokens); these figures are not measurements")
     print(f"{'workload':<34} {'device':<6} {'fastx':>10} {'peer':>10} {'ratio':>7}  unit")
     workloads = (
         (default_embedding_model, bench_e2e.e2e_embeddings),
@@ -113,11 +119,12 @@ def run(args) -> int:
 
         print("== serve: streaming chat clients against fastx serve, then transformers serve (same model)")
         report["serve"] = bench_serve(default_generation_model(), device, args.quick)
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "bench.json")
+    out = args.out
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "bench.json")
     with open(path, "w", encoding="utf-8") as f:
         json.dump(report, f, indent=1)
     print(f"wrote {path}")
     if report["kernels"]:
-        write_plots(report["kernels"], args.out)
+        write_plots(report["kernels"], out)
     return 0

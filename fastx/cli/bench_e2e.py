@@ -16,6 +16,14 @@ from collections.abc import Callable
 from typing import Any
 
 
+def _quiet_transformers():
+    """transformers, with its progress bars off: its "Loading weights" bar would break into the table."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    return transformers
+
+
 def _sentences(n: int) -> list[str]:
     rng = random.Random(0)
     words = (
@@ -74,8 +82,7 @@ def e2e_embeddings(model_path: str, device: str, quick: bool, log: Callable[[str
     if not _have("transformers"):
         log("embeddings: transformers is not installed; fastx alone is timed (pip install transformers to compare)")
     else:
-        import transformers
-
+        transformers = _quiet_transformers()
         theirs = transformers.AutoModel.from_pretrained(model_path).to(device).eval()
 
         @torch.inference_mode()
@@ -125,8 +132,7 @@ def e2e_generation(model_path: str, device: str, quick: bool, log: Callable[[str
     if quick:  # transformers de-quantizes the whole GGUF on load: tens of seconds on a CPU
         log("generation: --quick times fastx alone (the transformers peer runs without --quick)")
         return result
-    import transformers
-
+    transformers = _quiet_transformers()
     folder, name = os.path.split(model_path)
     kwargs = {"gguf_file": name} if name.lower().endswith(".gguf") else {}
     source = folder if kwargs else model_path

@@ -244,3 +244,16 @@ def load_llm(args):
 
 def chat_messages(system: str | None, turns: list[dict]) -> list[dict]:
     return ([{"role": "system", "content": system}] if system else []) + turns
+
+
+def default_out_dir(command: str) -> str:
+    """Where `fastx bench`/`fastx selftest` write without --out: under the user's cache folder
+    (XDG_CACHE_HOME, else ~/.cache), never into the working tree (a checkout) by surprise."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "fastx", command)
+
+
+def display_path(path: str) -> str:
+    """`path` with the home folder shown as ~ (for help texts)."""
+    home = os.path.expanduser("~")
+    return "~" + path[len(home) :] if path.startswith(home + os.sep) else path

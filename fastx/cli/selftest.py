@@ -21,7 +21,15 @@ import time
 from typing import Any
 
 from fastx.cli.bench import write_plots
-from fastx.cli.common import check_dtypes, device_name, in_interpreter_child, package_version, rerun_under_interpreter
+from fastx.cli.common import (
+    check_dtypes,
+    default_out_dir,
+    device_name,
+    display_path,
+    in_interpreter_child,
+    package_version,
+    rerun_under_interpreter,
+)
 
 NAME = "selftest"
 HELP = "kernel numerics, greedy tokens vs transformers, kernel sweep (GPU); JSON report"
@@ -31,7 +39,11 @@ GREEDY_TOKENS = 32
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--out", default="fastx-selftest", help="report folder (default ./fastx-selftest)")
+    parser.add_argument(
+        "--out",
+        default=default_out_dir("selftest"),
+        help=f"report folder (default {display_path(default_out_dir('selftest'))}, said when written)",
+    )
     parser.add_argument("--dtype", default=None, help="kernel check dtypes (default: all three on CUDA, fp32 on a CPU)")
     parser.add_argument("--quick", action="store_true", help="on CUDA: the short benchmark sweep")
     parser.add_argument("--no-suite", action="store_true", help="on CUDA: skip the test suite's device tests")

@@ -18,11 +18,25 @@ def test_bench_kernels_quick(cli, tmp_path):
     assert report["kernels"] == [] and report["e2e"] == []
 
 
+def test_bench_writes_under_the_cache_folder_without_out(cli, tmp_path):
+    """Not into the working tree (a checkout) by surprise: under XDG_CACHE_HOME, and it says where."""
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU the kernel sweep runs for real")
+    cache = tmp_path / "cache"
+    result = cli.run("bench", "kernels", "--quick", cwd=tmp_path, env=cli.env(XDG_CACHE_HOME=str(cache)))
+    assert result.returncode == 0, result.stderr
+    written = cache / "fastx" / "bench" / "bench.json"
+    assert written.is_file() and f"wrote {written}" in result.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["cache"]
+
+
 def test_bench_e2e_quick(cli, tmp_path, minilm):
     start = time.perf_counter()
     result = cli.run("bench", "e2e", "--quick", "--out", tmp_path / "out", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "sentences/s" in result.stdout
+    assert "not measurements" in result.stdout  # --quick's figures do not pass for real ones
+    assert "Loading weights" not in result.stdout + result.stderr  # transformers' bar stays out of the table
     report = json.loads((tmp_path / "out" / "bench.json").read_text())
     rows = {r["unit"]: r for r in report["e2e"]}
     assert rows["sentences/s"]["fastx"] > 0
