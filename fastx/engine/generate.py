@@ -32,6 +32,11 @@ def generate(
     seed: int | None = None,
     block_size: int = 16,
 ) -> torch.Tensor:
+    if not isinstance(input_ids, torch.Tensor):
+        raise ValueError(
+            f"input_ids: expected a tensor of token ids, shape (batch, length), got {type(input_ids).__name__} "
+            "(as in transformers: torch.tensor(ids) or a tokenizer's return_tensors='pt')"
+        )
     if input_ids.dim() == 1:
         input_ids = input_ids[None]
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
@@ -41,9 +46,11 @@ def generate(
         raise ValueError(f"attention_mask: expected shape {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
     if max_new_tokens is None:
         max_new_tokens = max((max_length or DEFAULT_MAX_LENGTH) - length, 0)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens: expected an integer >= 0 (None: up to max_length), got {max_new_tokens!r}")
     if max_new_tokens == 0:
         return input_ids.clone()
-    params = SamplingParams(
+    params = _sampling_params(
         temperature=temperature if do_sample else 0.0,
         top_k=(top_k or -1) if do_sample else -1,
         top_p=top_p if do_sample else 1.0,
@@ -77,3 +84,17 @@ def generate(
     for row, tokens in enumerate(new):
         out[row, length : length + len(tokens)] = torch.tensor(tokens, dtype=input_ids.dtype)
     return out
+
+
+# SamplingParams' names for generate()'s arguments, so that an error names what the caller typed.
+_ARGUMENT_NAMES = {"max_tokens": "max_new_tokens", "min_tokens": "min_new_tokens"}
+
+
+def _sampling_params(**fields) -> SamplingParams:
+    try:
+        return SamplingParams(**fields)
+    except ValueError as exc:
+        message = str(exc)
+        for field, argument in _ARGUMENT_NAMES.items():
+            message = message.replace(f"SamplingParams.{field}:", f"{argument}:")
+        raise ValueError(message.replace("SamplingParams.", "")) from None

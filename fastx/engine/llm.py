@@ -107,7 +107,7 @@ class LLM:
         else:
             source = model
             if device is None:
-                device = "cuda" if torch.cuda.is_available() else "cpu"
+                device = "auto"  # cuda when present, else cpu (checked with the model's own placement)
             gguf_path = resolve_gguf_file(model)
             if gguf_path is not None:  # parsed once: the model and its tokenizer come from the same header
                 gguf = read_gguf(gguf_path)
@@ -228,7 +228,15 @@ class LLM:
         """One conversation (a list of {"role", "content"}) or a list of them, through the chat template."""
         if self.tokenizer is None:
             raise ValueError("chat: needs a tokenizer with a chat template; this model has no tokenizer")
-        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        if isinstance(messages, str) or not messages:
+            raise ValueError(
+                "messages: expected a conversation, a list of {'role': ..., 'content': ...} dicts (or a list of "
+                f"conversations), got {messages!r}; for one user turn: [{{'role': 'user', 'content': {messages!r}}}]"
+            )
+        conversations = [messages] if isinstance(messages[0], dict) else list(messages)
+        for c in conversations:
+            if isinstance(c, str) or not all(isinstance(m, dict) for m in c):
+                raise ValueError(f"messages: expected each conversation to be a list of dicts, got {c!r}")
         prompts = [
             {
                 "prompt_token_ids": self.tokenizer.apply_chat_template(

@@ -28,6 +28,7 @@ from fastx.checkpoints.safetensors import (
 )
 from fastx.models.config import config_from_dict
 from fastx.models.dtypes import resolve_dtype
+from fastx.models.placement import resolve_device
 
 
 @contextlib.contextmanager
@@ -91,9 +92,13 @@ class PreTrainedModel(nn.Module):
         token: str | bool | None = None,
         torch_dtype: torch.dtype | str | None = None,
         gguf_file: str | os.PathLike | None = None,
+        device_map: str | int | dict | torch.device | None = None,
     ):
-        """Load a checkpoint (Hub repo id, local folder or .gguf file) ready for inference (eval mode, no grads)."""
+        """Load a checkpoint (Hub repo id, local folder or .gguf file) ready for inference (eval mode, no grads).
+
+        `device_map` takes transformers' single-device forms ("auto", "cuda:1", {"": "cpu"}, ...)."""
         dtype = dtype if dtype is not None else torch_dtype
+        device = resolve_device(device, device_map)
         # GGUF (llama.cpp's single file): a path to the .gguf, or a folder / repo id with gguf_file=name.
         hub = {"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
         gguf_path = resolve_gguf_file(name_or_path, gguf_file, **hub)
@@ -114,10 +119,12 @@ class PreTrainedModel(nn.Module):
         checkpoint: GGUFCheckpoint,
         dtype: torch.dtype | str | None = None,
         device: torch.device | str | None = None,
+        device_map: str | int | dict | torch.device | None = None,
     ):
         """Load from a GGUF file already parsed by read_gguf (its metadata is the config)."""
         from fastx.models.auto import MODEL_TYPES
 
+        device = resolve_device(device, device_map)
         data = checkpoint.config
         if MODEL_TYPES[data["model_type"]][0] != cls.__module__:
             raise ValueError(

@@ -315,3 +315,19 @@ def test_model_generate_returns_transformers_layout_with_padding(tiny):
     for row in range(2):
         prompt = ids[row][mask[row].bool()].tolist()
         assert out[row, 5:].tolist() == _reference(model, prompt, 10)  # padding changes nothing
+
+
+def test_model_generate_errors_name_the_arguments_the_caller_typed(tiny):
+    """transformers' argument names in the messages (never SamplingParams'), and ValueError, not AttributeError."""
+    from fastx import AutoModelForCausalLM
+
+    ours = AutoModelForCausalLM.from_pretrained(tiny[1])
+    with pytest.raises(ValueError, match=r"input_ids: expected a tensor .* got list"):
+        ours.generate([[1, 2, 3]], max_new_tokens=3)
+    with pytest.raises(ValueError, match=r"^max_new_tokens: expected an integer >= 0") as info:
+        ours.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=-2)
+    assert "SamplingParams" not in str(info.value)
+    with pytest.raises(ValueError, match=r"^min_new_tokens:"):
+        ours.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3, min_new_tokens=-1)
+    with pytest.raises(ValueError, match=r"^temperature:"):
+        ours.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3, do_sample=True, temperature=-1.0)

@@ -65,3 +65,9 @@ def test_stream_yields_the_same_text_incrementally_and_close_aborts(llm):
 def test_eos_ends_a_chat_answer_with_reason_stop(llm):
     out = llm.chat(CHATS[0], SamplingParams(temperature=0, max_tokens=64), use_tqdm=False)[0].outputs[0]
     assert out.finish_reason == "stop" and "Paris" in out.text
+
+
+@pytest.mark.parametrize("messages", ["hi", [], ["hi"], [[{"role": "user", "content": "a"}], "b"]])
+def test_chat_refuses_what_is_not_a_conversation(llm, messages):
+    with pytest.raises(ValueError, match="messages: expected"):
+        llm.chat(messages, SamplingParams(max_tokens=2), use_tqdm=False)
