@@ -16,12 +16,15 @@ Two kernels share one dequantizer (`_dequant_tile`, FMT a constexpr switch):
   (S, M, N) that `_splitk_reduce_kernel` sums in a second pass (no atomics: the result does not
   depend on the order programs finish). With S = 1 the partial pass writes the output directly.
 
-NOTE (element-wise addressing): the dequantizer computes, for each element of the tile, the byte
-that holds its quant bits and the bytes of its scales, and gathers them with one masked load
-each. Bytes shared by neighbouring elements (two nibbles, a block's scale) are fetched again from
-L1, not from memory: DRAM traffic stays one read of the quantized weight. The same code serves
-every format and any BLOCK_K (a tile may span several 32-element blocks or part of a 256-element
-super-block), and K only needs to be a multiple of QK (the tail step is masked).
+NOTE (grouped dequantization): the dequantizer builds each tile as (groups, GROUP, BLOCK_N), where
+a group is the run of elements sharing one scale (a 32-element block, a K-quant sub-block, Q6_K's
+16). Scales and mins are loaded and decoded once per (group, row) and broadcast over the group;
+quant bytes are gathered per element (a byte holding two nibbles is read twice, from L1, so DRAM
+traffic stays one read of the weight) and a group's bytes are contiguous, so they vectorise where
+the block layout is aligned (Q4_K/Q5_K: 128-bit loads). The first version addressed every field
+per element: compiled for sm_90 (bf16, 8 warps) its Q4_K GEMM took 212 registers and its Q4_K
+decode kernel had 129 ld.global instructions in the PTX; grouped, 63 registers and 9 ld.global. Any BLOCK_K that is a multiple of GROUP works, and K need only be a multiple of QK
+(the tail step is masked).
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ GGUF_BLOCK_FORMATS: dict[str, tuple[int, int]] = {
     "Q5_K": (256, 176),  # as Q4_K plus 32 bytes of high bits (before the nibbles)
     "Q6_K": (256, 210),  # 128 bytes low nibbles; 64 bytes high 2-bit pairs; 16 int8 scales; fp16 d
 }
+
+# Elements that share one scale (and min): a whole block, a K-quant sub-block, Q6_K's groups of 16.
+GGUF_SCALE_GROUP = {name: 32 for name in GGUF_BLOCK_FORMATS} | {"Q6_K": 16}
 
 # Up to this many rows of x take the split-K decode kernel (one BLOCK_M = 16 tile: the smallest
 # M a tensor-core dot takes); larger M takes the tiled GEMM.
@@ -91,18 +97,30 @@ def _k_scale_min(sb, s, mask):
 @triton.jit
 def _dequant_tile(
     W,  # uint8 base pointer of qweight
-    row_start,  # (1, BLOCK_N) int64 byte offset of each output row
-    kk,  # (BLOCK_K, 1) int32 element index along K
-    mask,  # (BLOCK_K, BLOCK_N) in-bounds elements (masked ones read as 0)
+    row_start,  # (1, 1, BLOCK_N) int64 byte offset of each output row
+    k0,  # first element of the tile along K, a multiple of BLOCK_K
+    k_end,  # elements past k_end read as 0 (K, or the end of a split)
+    n_mask,  # (1, 1, BLOCK_N) rows in bounds
     FMT: tl.constexpr,
     QK: tl.constexpr,
     BPB: tl.constexpr,
+    GROUP: tl.constexpr,  # elements sharing one scale: 32, or 16 for Q6_K
+    BLOCK_K: tl.constexpr,  # a multiple of GROUP
 ):
-    """The (BLOCK_K, BLOCK_N) tile of W.T at elements kk of rows row_start, in fp32."""
-    base = W + row_start + (kk // QK) * BPB  # (BLOCK_K, BLOCK_N) start of each element's block
-    j = kk % QK  # (BLOCK_K, 1) position inside the block
+    """The (BLOCK_K, BLOCK_N) tile of W.T at elements [k0, k0 + BLOCK_K) of rows row_start, in fp32.
+
+    Built as (BLOCK_K // GROUP, GROUP, BLOCK_N): scales are loaded once per (group, row) and
+    broadcast over the group, quant bits once per element; the last step flattens the groups.
+    """
+    kg = k0 + tl.arange(0, BLOCK_K // GROUP)[:, None, None] * GROUP  # (G, 1, 1) first element of each group
+    i = tl.arange(0, GROUP)[None, :, None]  # (1, GROUP, 1) position inside the group
+    g_mask = (kg < k_end) & n_mask  # (G, 1, BLOCK_N); K is a multiple of QK, so groups are whole
+    q_mask = g_mask & (i < GROUP)  # (G, GROUP, BLOCK_N)
+    base = W + row_start + (kg // QK) * BPB  # (G, 1, BLOCK_N) start of each group's block
+    jg = kg % QK  # (G, 1, 1) the group's first position inside its block
     if FMT == "Q4_0" or FMT == "Q4_1" or FMT == "Q5_0" or FMT == "Q5_1":
-        # -- 32-element blocks: element j is the low nibble of byte j (j < 16), else the high nibble of j-16
+        # -- 32-element blocks (one group): element i is the low nibble of byte i (i < 16), else
+        # the high nibble of byte i - 16
         if FMT == "Q4_0":
             QS = 2  # byte offset of the nibbles: after d
         elif FMT == "Q4_1":
@@ -111,47 +129,51 @@ def _dequant_tile(
             QS = 6  # after d, qh
         else:
             QS = 8  # after d, m, qh
-        q = (_load_byte(base + QS + (j % 16), mask) >> ((j // 16) * 4)) & 15
+        q = (_load_byte(base + QS + (i % 16), q_mask) >> ((i // 16) * 4)) & 15
         if FMT == "Q5_0" or FMT == "Q5_1":
-            # bit j of the little-endian uint32 qh (4 bytes just before the nibbles) is bit 4
-            high = (_load_byte(base + (QS - 4) + j // 8, mask) >> (j % 8)) & 1
+            # bit i of the little-endian uint32 qh (4 bytes just before the nibbles) is bit 4
+            high = (_load_byte(base + (QS - 4) + i // 8, q_mask) >> (i % 8)) & 1
             q = q | (high << 4)
-        d = _load_fp16(base, mask)
+        d = _load_fp16(base, g_mask)
         if FMT == "Q4_0":
             w = d * (q - 8).to(tl.float32)
         elif FMT == "Q5_0":
             w = d * (q - 16).to(tl.float32)
         else:  # Q4_1, Q5_1: d * q + m
-            w = d * q.to(tl.float32) + _load_fp16(base + 2, mask)
+            w = d * q.to(tl.float32) + _load_fp16(base + 2, g_mask)
     elif FMT == "Q8_0":
-        q = tl.load(base + 2 + j, mask=mask, other=0).to(tl.int8, bitcast=True)
-        w = _load_fp16(base, mask) * q.to(tl.float32)
+        q = tl.load(base + 2 + i, mask=q_mask, other=0).to(tl.int8, bitcast=True)
+        w = _load_fp16(base, g_mask) * q.to(tl.float32)
     elif FMT == "Q4_K" or FMT == "Q5_K":
-        # -- 256-element super-block of 8 sub-blocks of 32: nibbles in 4 chunks of 32 bytes,
-        # chunk c holds sub-block 2c in its low and 2c + 1 in its high nibbles
+        # -- 256-element super-block of 8 sub-blocks (groups) of 32: nibbles in 4 chunks of 32
+        # bytes, chunk c holds sub-block 2c in its low and 2c + 1 in its high nibbles
         if FMT == "Q4_K":
             QS = 16  # after d, dmin, 12 scale bytes
         else:
             QS = 48  # after d, dmin, 12 scale bytes, 32 high-bit bytes
-        s = j // 32  # sub-block
-        q = (_load_byte(base + QS + (j // 64) * 32 + j % 32, mask) >> ((s % 2) * 4)) & 15
+        s = jg // 32  # (G, 1, 1) sub-block
+        q = (_load_byte(base + QS + (jg // 64) * 32 + i, q_mask) >> ((s % 2) * 4)) & 15
         if FMT == "Q5_K":
-            # 32 bytes of high bits: bit s of byte (j % 32) belongs to sub-block s
-            q = q | (((_load_byte(base + 16 + j % 32, mask) >> s) & 1) << 4)
-        scale, minimum = _k_scale_min(base + 4, s, mask)
-        w = _load_fp16(base, mask) * scale * q.to(tl.float32) - _load_fp16(base + 2, mask) * minimum
+            # 32 bytes of high bits: bit s of byte i belongs to sub-block s
+            q = q | (((_load_byte(base + 16 + i, q_mask) >> s) & 1) << 4)
+        scale, minimum = _k_scale_min(base + 4, s, g_mask)
+        d_scale = _load_fp16(base, g_mask) * scale  # (G, 1, BLOCK_N)
+        d_min = _load_fp16(base + 2, g_mask) * minimum
+        w = d_scale * q.to(tl.float32) - d_min
     else:
         tl.static_assert(FMT == "Q6_K", "unknown GGUF block format")
         # -- 256 elements in two halves of 128: low nibbles from 64 bytes (elements l and l + 64
-        # share byte l), 2 high bits from 32 bytes (elements l, +32, +64, +96 share byte l)
+        # share byte l), 2 high bits from 32 bytes (elements l, +32, +64, +96 share byte l);
+        # one int8 scale per group of 16
+        j = jg + i  # (G, GROUP, 1)
         half = j // 128
         r = j % 128
-        low = (_load_byte(base + half * 64 + r % 64, mask) >> ((r // 64) * 4)) & 15
-        high = (_load_byte(base + 128 + half * 32 + r % 32, mask) >> ((r // 32) * 2)) & 3
+        low = (_load_byte(base + half * 64 + r % 64, q_mask) >> ((r // 64) * 4)) & 15
+        high = (_load_byte(base + 128 + half * 32 + r % 32, q_mask) >> ((r // 32) * 2)) & 3
         q = (low | (high << 4)) - 32
-        scale = tl.load(base + 192 + j // 16, mask=mask, other=0).to(tl.int8, bitcast=True)  # one per 16
-        w = _load_fp16(base + 208, mask) * scale.to(tl.float32) * q.to(tl.float32)
-    return w
+        scale = tl.load(base + 192 + jg // 16, mask=g_mask, other=0).to(tl.int8, bitcast=True)
+        w = (_load_fp16(base + 208, g_mask) * scale.to(tl.float32)) * q.to(tl.float32)
+    return tl.reshape(w, (BLOCK_K, w.shape[2]))  # (G, GROUP, BLOCK_N) -> (BLOCK_K, BLOCK_N)
 
 
 @triton.jit
@@ -168,6 +190,7 @@ def _quant_gemm_kernel(
     FMT: tl.constexpr,  # "Q4_0" ... "Q6_K"
     QK: tl.constexpr,
     BPB: tl.constexpr,
+    GROUP: tl.constexpr,  # elements per scale (GGUF_SCALE_GROUP[FMT])
     HAS_BIAS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 x (no TF32), else the half-precision MMA
     BLOCK_M: tl.constexpr,
@@ -182,14 +205,14 @@ def _quant_gemm_kernel(
     m_mask = offs_m < M
     n_mask = offs_n < N
     x_rows = X + offs_m.to(tl.int64)[:, None] * stride_xm  # (BLOCK_M, 1)
-    row_start = offs_n.to(tl.int64)[None, :] * row_bytes  # (1, BLOCK_N)
+    row_start = offs_n.to(tl.int64)[None, None, :] * row_bytes  # (1, 1, BLOCK_N)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + offs_k
         k_mask = kk < K
         x = tl.load(x_rows + kk[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)  # (BLOCK_M, BLOCK_K)
         # -- dequantize the (BLOCK_K, BLOCK_N) slice of W.T in registers --
-        w = _dequant_tile(W, row_start, kk[:, None], k_mask[:, None] & n_mask[None, :], FMT, QK, BPB)
+        w = _dequant_tile(W, row_start, k0, K, n_mask[None, None, :], FMT, QK, BPB, GROUP, BLOCK_K)
         acc = tl.dot(x, w.to(x.dtype), acc, input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N) fp32
     if HAS_BIAS:
         acc += tl.load(BIAS + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
@@ -213,6 +236,7 @@ def _quant_gemv_kernel(
     FMT: tl.constexpr,
     QK: tl.constexpr,
     BPB: tl.constexpr,
+    GROUP: tl.constexpr,  # elements per scale (GGUF_SCALE_GROUP[FMT])
     HAS_BIAS: tl.constexpr,
     ONE_SPLIT: tl.constexpr,  # S == 1: finish (bias, cast, store) here, no reduce pass
     DOT_PRECISION: tl.constexpr,
@@ -228,7 +252,7 @@ def _quant_gemv_kernel(
     m_mask = offs_m < M
     n_mask = offs_n < N
     x_rows = X + offs_m.to(tl.int64)[:, None] * stride_xm
-    row_start = offs_n.to(tl.int64)[None, :] * row_bytes
+    row_start = offs_n.to(tl.int64)[None, None, :] * row_bytes
     k_begin = pid_s * k_per_split
     k_end = tl.minimum(k_begin + k_per_split, K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -237,7 +261,7 @@ def _quant_gemv_kernel(
         k_mask = kk < k_end
         x = tl.load(x_rows + kk[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
         # -- the decode product is bound by reading W: each byte of it is loaded once per program --
-        w = _dequant_tile(W, row_start, kk[:, None], k_mask[:, None] & n_mask[None, :], FMT, QK, BPB)
+        w = _dequant_tile(W, row_start, k0, k_end, n_mask[None, None, :], FMT, QK, BPB, GROUP, BLOCK_K)
         acc = tl.dot(x, w.to(x.dtype), acc, input_precision=DOT_PRECISION)
     out_mask = m_mask[:, None] & n_mask[None, :]
     if ONE_SPLIT:
@@ -277,11 +301,11 @@ def _splitk_reduce_kernel(
 def gemm_launch_config(fmt: str, dtype: torch.dtype) -> dict:
     """Tile sizes and warps of the prefill GEMM per (format, activation dtype); shared with aot_configs.
 
-    NOTE (compile report, sm_90): the gathered dequantization keeps several integers live per
-    weight element, so the tile is spread over 8 warps and not software-pipelined. A 64x64x64
-    bf16 tile at 4 warps and 2 stages used 255 registers and spilled 224 bytes for Q4_K; at 8
-    warps and 1 stage it takes 212. fp32 (IEEE FMA dots) at 64x64x64 spilled 496 bytes even at
-    8 warps; 32x64x32 takes <= 250 registers at 2 stages, ~200 at 1.
+    NOTE (compile report): 8 warps, no software pipelining. At 4 warps and 2 stages the fp32
+    decode and GEMM tiles spill (Q6_K fp32 decode: 368 bytes on sm_90, Q5_0 fp32 GEMM: 16) and
+    half-precision GEMM tiles reach 228 registers on sm_80; at 8 warps and 1 stage every format
+    and dtype compiles without spills, at most ~200 registers (fp32 Q5_0), ~120 in fp16/bf16.
+    fp32 (IEEE FMA dots, no tensor cores) uses a 32x64x32 tile.
     """
     if dtype == torch.float32:
         return {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 8, "num_stages": 1}
@@ -292,8 +316,8 @@ def gemv_launch_config(fmt: str, dtype: torch.dtype) -> dict:
     """Tile sizes and warps of the split-K decode kernel per (format, activation dtype).
 
     One BLOCK_M = 16 tile of rows (the smallest tensor-core dot; padded rows read as 0, and
-    decode is bound by reading W, not by the wasted MMA rows). 8 warps and 1 stage as for the
-    GEMM: at 4 warps and 2 stages Q4_K took 220 registers on sm_90, at 8 and 1 it takes 148.
+    decode is bound by reading W, not by the wasted MMA rows). 8 warps and 1 stage, as for the
+    GEMM (gemm_launch_config's NOTE).
     """
     return {"BLOCK_M": GEMV_MAX_ROWS, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 8, "num_stages": 1}
 
@@ -393,6 +417,7 @@ def quant_matmul(
         "FMT": fmt,
         "QK": qk,
         "BPB": bpb,
+        "GROUP": GGUF_SCALE_GROUP[fmt],
         "HAS_BIAS": has_bias,
         "DOT_PRECISION": "ieee" if x.dtype == torch.float32 else "tf32",
     }
