@@ -23,8 +23,9 @@ quant bytes are gathered per element (a byte holding two nibbles is read twice, 
 traffic stays one read of the weight) and a group's bytes are contiguous, so they vectorise where
 the block layout is aligned (Q4_K/Q5_K: 128-bit loads). The first version addressed every field
 per element: compiled for sm_90 (bf16, 8 warps) its Q4_K GEMM took 212 registers and its Q4_K
-decode kernel had 129 ld.global instructions in the PTX; grouped, 63 registers and 9 ld.global. Any BLOCK_K that is a multiple of GROUP works, and K need only be a multiple of QK
-(the tail step is masked).
+decode kernel had 129 ld.global instructions in the PTX; grouped, 63 registers and 9 ld.global.
+Any BLOCK_K that is a multiple of GROUP works, and K need only be a multiple of QK (the tail step
+is masked).
 """
 
 from __future__ import annotations
