@@ -133,6 +133,7 @@ def form_groups(store: dist.TCPStore | None, rank: int, size: int, device: torch
     """
     backend = "nccl" if device.type == "cuda" else "gloo"
     where = {"store": store} if store is not None else {"init_method": "env://"}
+    check_no_group()
     try:
         if store is not None and rank:
             store.set(_READY.format(rank), "1")
@@ -145,6 +146,15 @@ def form_groups(store: dist.TCPStore | None, rank: int, size: int, device: torch
             f"{timeout:g} s ({exc})"
         ) from None
     return Groups(Shard(rank, size, dist.group.WORLD), control, device)
+
+
+def check_no_group() -> None:
+    """torch.distributed holds one default group per process: one tensor-parallel LLM at a time."""
+    if dist.is_initialized():
+        raise RuntimeError(
+            "tensor_parallel_size: this process already belongs to a torch.distributed process group (another "
+            "tensor-parallel LLM, or the caller's own); close() that LLM first, or destroy the group"
+        )
 
 
 def close_groups() -> None:

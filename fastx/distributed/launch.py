@@ -27,6 +27,7 @@ from fastx.distributed.group import (
     Groups,
     broadcast,
     check_devices,
+    check_no_group,
     check_tensor_parallel_size,
     close_groups,
     core_share,
@@ -77,6 +78,7 @@ class TensorParallel:
     def start(cls, config, size: int, source: str, dtype, device, revision, pack_weights: bool) -> TensorParallel:
         """Check, then start the ranks. Under torchrun, ranks > 0 never return (SystemExit after the loop)."""
         check_tensor_parallel_size(config, size, str(source))
+        check_no_group()
         if launched_by_torchrun():
             world = int(os.environ["WORLD_SIZE"])
             if world != size:
@@ -180,8 +182,8 @@ class TensorParallel:
         if self.broken is None:
             try:
                 broadcast(self.groups.control, ("stop",))
-            except RuntimeError:
-                pass  # a worker is already gone: the rest are ended below
+            except (RuntimeError, ValueError):
+                pass  # a worker is already gone (or the group was destroyed): the rest are ended below
         _end(self.workers, grace=10.0 if self.broken is None else 0.0)
         close_groups()
         if self._threads_before is not None:

@@ -49,7 +49,7 @@ class DriverRunner(ModelRunner):
     def _send(self, message) -> None:
         try:
             broadcast(self.control, message)
-        except RuntimeError as exc:
+        except (RuntimeError, ValueError) as exc:  # ValueError: the group was destroyed by an earlier failure
             raise self.on_failure(exc) from exc
 
     def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
