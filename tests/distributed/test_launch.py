@@ -227,3 +227,29 @@ def test_torchrun_launch(llama, no_open_group, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     lines = [line for line in run.stdout.splitlines() if line.startswith("TOKENS")]
     assert lines == [f"TOKENS {want[0].outputs[0].token_ids}"]
+
+
+CHATS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "You are a concise assistant."}, {"role": "user", "content": "Name three colours."}],
+    [{"role": "user", "content": "Write a haiku about the sea."}],
+]
+
+
+@pytest.mark.slow  # ~75 s on 2 shared cores: four loads of the GGUF (one per rank, one reference)
+def test_smollm2_default_model(no_open_group, smollm2_gguf):
+    """The default model (its GGUF, dequantized as it loads): 9 query heads and 3 KV heads split three
+    ways only, so N=2 is refused by name and N=3 (one KV head per rank) must decode as one process does."""
+    engine = {"dtype": "float32", "device": "cpu", "kv_cache_memory": 64 << 20}
+    with pytest.raises(ValueError, match=r"2 ranks cannot split .*'s 9 query heads and 3 KV heads.*\[1, 3\]"):
+        LLM(smollm2_gguf, tensor_parallel_size=2, **engine)
+    params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True, logprobs=2)
+    reference = LLM(smollm2_gguf, **engine)
+    want = reference.chat(CHATS, params, use_tqdm=False)
+    one = weight_bytes(reference.model)
+    del reference
+    with LLM(smollm2_gguf, tensor_parallel_size=3, **engine) as parallel:
+        assert_same_greedy(want, parallel.chat(CHATS, params, use_tqdm=False))
+        per_rank = parallel.tensor_parallel.weight_bytes(parallel.model)
+    # a third each, plus the norms every rank keeps whole (61 vectors of 576 floats)
+    assert max(per_rank) == pytest.approx(one / 3, rel=0.002)
