@@ -38,6 +38,9 @@ def add_arguments(parser) -> None:
         default=None,
         help="wrap each prompt as a user message in the chat template (default: on when the tokenizer has one)",
     )
+    parser.add_argument(
+        "--tensor-parallel-size", type=int, default=1, help="split the model across N processes (default 1)"
+    )
     parser.add_argument("--file", "-f", help='prompts, one per line or JSONL {"prompt": ...}; "-" reads stdin')
     parser.add_argument(
         "--json", action="store_true", help="print a JSON list of {prompt, text, token_ids, finish_reason}"
@@ -60,12 +63,13 @@ def _sampling_params(args):
         raise UsageError(message) from None
 
 
-def _load_llm(model: str, seed: int | None):
+def _load_llm(model: str, seed: int | None, tensor_parallel_size: int = 1):
     from fastx import LLM
 
     device = default_device()
     status(f"loading {model} on {device}")
-    llm = LLM(model, device=device, seed=seed or 0)  # the device's default dtype (fastx.models.dtypes)
+    # the device's default dtype (fastx.models.dtypes)
+    llm = LLM(model, device=device, seed=seed or 0, tensor_parallel_size=tensor_parallel_size)
     status(f"loaded in {str(llm.model.dtype).removeprefix('torch.')}")
     return llm
 
@@ -96,7 +100,7 @@ def run(args) -> int:
     params = _sampling_params(args)  # before the model loads: a bad flag fails at once
     from fastx.checkpoints.defaults import default_generation_model
 
-    llm = _load_llm(args.model or default_generation_model(), args.seed)
+    llm = _load_llm(args.model or default_generation_model(), args.seed, args.tensor_parallel_size)
     inputs = _inputs(prompts, llm.get_tokenizer(), args.chat)
 
     out = sys.stdout

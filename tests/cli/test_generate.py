@@ -104,3 +104,14 @@ def test_generate_default_smollm2(cli, tmp_path):
     result = cli.run("generate", "What is the capital of France?", "--max-tokens", 8, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip(), "no text generated"
+
+
+def test_generate_tensor_parallel_equals_one_process(cli, tmp_path, tiny_llama):
+    """--tensor-parallel-size 2: the same greedy JSON as one process; a size the heads refuse is one line."""
+    args = ["generate", "tell me a story", "second prompt", "--model", tiny_llama, "--max-tokens", 12, "--json"]
+    one = cli.run(*args, cwd=tmp_path)
+    two = cli.run(*args, "--tensor-parallel-size", 2, cwd=tmp_path)
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr, two.stderr)
+    assert json.loads(two.stdout) == json.loads(one.stdout)
+    refused = cli.run(*args, "--tensor-parallel-size", 3, cwd=tmp_path)
+    cli.assert_one_line_error(refused, 1, "tensor_parallel_size", "4 query heads and 2 KV heads")
