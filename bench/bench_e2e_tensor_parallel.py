@@ -5,8 +5,9 @@ layers; 4 in the quick run CI makes), random weights, fp32, saved locally. SmolL
 query heads and 3 KV heads, which split 3 ways but not 2, so this one has 8 heads of 72 and 2 KV
 heads (the same bytes per layer within 0.3%). Figures:
 - tokens/s: 8 prompts decoded together (32 tokens each, no EOS stop) and one prompt alone, best of
-  alternating rounds. On CPU cores the ranks split the cores, so N=2 moves the same bytes through the
-  same memory bus plus 2L + 1 all-reduces per step: expect no speed-up here (the issue says so);
+  alternating rounds; N=1 on all threads and on one (N=2's ranks get one each on 2 cores). On CPU
+  cores the ranks split the cores, so N=2 moves the same bytes through the same memory bus plus
+  2L + 1 all-reduces per step: expect no speed-up here (the issue says so);
 - weights per rank: bytes of parameters each rank holds (tied matrix once) [N=2 <= 0.52 x N=1],
   and the worker's resident set (VmRSS) beyond a bare interpreter's and its KV cache's;
 - collectives per step: all-reduces counted on rank 0 during one decode step, against the formula
@@ -98,9 +99,9 @@ def test_tensor_parallel_speed_memory_and_collectives(benchmark, alternate, tmp_
         rss_worker = _rss_bytes(worker.pid) - bare - kv_bytes
         rank_threads = torch.get_num_threads()
 
-        def run(llm, prompts):
+        def run(llm, prompts, on=None):
             def go():
-                torch.set_num_threads(threads if llm is one else rank_threads)
+                torch.set_num_threads(on or (threads if llm is one else rank_threads))
                 try:
                     return sum(len(o.outputs[0].token_ids) for o in llm.generate(prompts, params, use_tqdm=False))
                 finally:
@@ -115,6 +116,10 @@ def test_tensor_parallel_speed_memory_and_collectives(benchmark, alternate, tmp_
                 "n2_batch": run(two, batch),
                 "n1_single": run(one, batch[:1]),
                 "n2_single": run(two, batch[:1]),
+                # one process on one thread: on 2 shared cores, 2 OpenMP threads collapse when another
+                # process holds a core (ENVIRONMENT.md), which would flatter N=2's 1 + 1 threads
+                "n1_batch_1_thread": run(one, batch, on=1),
+                "n1_single_1_thread": run(one, batch[:1], on=1),
             },
             rounds,
         )
@@ -145,7 +150,8 @@ def test_tensor_parallel_speed_memory_and_collectives(benchmark, alternate, tmp_
             f"{rank_threads} + {rank_threads}: batch of 8 x {new} tokens N=1 {tok_s['n1_batch']:.1f} tok/s, "
             f"N=2 {tok_s['n2_batch']:.1f} "
             f"({tok_s['n2_batch'] / tok_s['n1_batch']:.2f}x); one sequence N=1 {tok_s['n1_single']:.1f}, N=2 "
-            f"{tok_s['n2_single']:.1f} ({tok_s['n2_single'] / tok_s['n1_single']:.2f}x); weights per rank "
+            f"{tok_s['n2_single']:.1f} ({tok_s['n2_single'] / tok_s['n1_single']:.2f}x); N=1 on one thread: batch "
+            f"{tok_s['n1_batch_1_thread']:.1f}, one sequence {tok_s['n1_single_1_thread']:.1f}; weights per rank "
             f"{bytes_one / 2**20:.1f} MiB -> {max(bytes_two) / 2**20:.1f} MiB ({ratio:.3f}x), worker RSS "
             f"beyond a bare interpreter and its KV cache {rss_worker / 2**20:.0f} MiB; KV tokens "
             f"in 64 MiB per rank {one.engine.capacity_tokens} -> {two.engine.capacity_tokens}; "
