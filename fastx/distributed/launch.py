@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from fastx.distributed.group import (
     Groups,
@@ -182,6 +183,7 @@ class TensorParallel:
         if self.broken is None:
             try:
                 broadcast(self.groups.control, ("stop",))
+                dist.barrier(group=self.groups.control)
             except (RuntimeError, ValueError):
                 pass  # a worker is already gone (or the group was destroyed): the rest are ended below
         _end(self.workers, grace=10.0 if self.broken is None else 0.0)

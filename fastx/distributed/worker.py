@@ -16,6 +16,7 @@ import traceback
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from fastx.distributed.group import Groups, broadcast, close_groups, form_groups, gather, open_store
 from fastx.distributed.layers import building
@@ -73,6 +74,7 @@ def serve(model, groups: Groups) -> None:
         message = broadcast(groups.control)
         kind = message[0]
         if kind == "stop":
+            dist.barrier(group=groups.control)  # every rank leaves the groups only after all have the stop
             return
         if kind == "runner":
             runner = ModelRunner(model, **message[1])

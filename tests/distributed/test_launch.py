@@ -202,6 +202,24 @@ def test_a_killed_worker_raises_in_the_parent(no_open_group):
     assert worker.pid not in _children()
 
 
+AT_EXIT_SCRIPT = """
+import sys
+from fastx import LLM
+llm = LLM(sys.argv[1], tensor_parallel_size=2, dtype="float32", device="cpu", kv_cache_memory=1 << 20,
+          skip_tokenizer_init=True)
+print("WORKER", llm.tensor_parallel.workers[0].pid, flush=True)  # never closed: atexit stops it
+"""
+
+
+def test_a_script_that_never_closes_exits_cleanly(no_open_group, tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(AT_EXIT_SCRIPT)
+    run = subprocess.run([sys.executable, str(script), no_open_group], capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (pid,) = [int(line.split()[1]) for line in run.stdout.splitlines() if line.startswith("WORKER")]
+    assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read()
+
+
 TORCHRUN_SCRIPT = """
 import sys
 from fastx import LLM, SamplingParams
