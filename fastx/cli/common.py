@@ -140,6 +140,9 @@ def add_llm_arguments(parser) -> None:
     )
     parser.add_argument("--seed", type=int, default=None, help="seed for sampling (reproducible runs)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no loading line and no speed summary on stderr")
+    parser.add_argument(
+        "--tensor-parallel-size", "-tp", type=int, default=1, help="split the model across N processes (default 1)"
+    )
 
 
 def add_sampling_arguments(parser, max_tokens: int) -> None:
@@ -232,7 +235,14 @@ def load_llm(args):
         sys.stderr.flush()
     start = time.perf_counter()
     try:
-        llm = LLM(model, device=device, dtype=args.dtype, seed=args.seed or 0, pack_weights=args.pack_weights)
+        llm = LLM(
+            model,
+            device=device,
+            dtype=args.dtype,
+            seed=args.seed or 0,
+            pack_weights=args.pack_weights,
+            tensor_parallel_size=args.tensor_parallel_size,
+        )
     finally:
         if live:
             sys.stderr.write("\r\033[K")

@@ -48,6 +48,9 @@ def add_arguments(parser) -> None:
         "--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True, help="share prompt prefixes"
     )
     engine.add_argument("--pack-weights", action="store_true", help="CPU fp32: oneDNN-packed projection weights")
+    engine.add_argument(
+        "--tensor-parallel-size", type=int, default=1, help="split the model across N processes, one GPU each (1)"
+    )
     engine.add_argument("--seed", type=int, default=0, help="seed of requests that bring none (0)")
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-waiting-requests", type=int, default=512, help="queued requests before 503 (512)")
@@ -117,6 +120,7 @@ def _build(args):
             enable_prefix_caching=args.enable_prefix_caching,
             seed=args.seed,
             pack_weights=args.pack_weights,
+            tensor_parallel_size=args.tensor_parallel_size,
         )
         bridge = EngineLoop(llm.engine, served.metrics, args.max_waiting_requests)
         served.generation = Generation(bridge, llm.get_tokenizer(), name)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,7 +73,9 @@ class Engine:
         config: EngineConfig | None = None,
         tokenizer: Any = None,
         eos_token_ids: int | Iterable[int] | None = None,
+        runner_factory: Callable[..., ModelRunner] = ModelRunner,
     ):
+        """`runner_factory`: builds the runner (ModelRunner's arguments); tensor parallelism passes rank 0's."""
         self.model = model
         self.config = config = config if config is not None else EngineConfig()
         self.tokenizer = tokenizer  # each sequence gets its own incremental detokenizer from it
@@ -92,7 +94,7 @@ class Engine:
             eos_token_ids=self.eos_token_ids,
             max_model_len=self.max_model_len,
         )
-        self.runner = ModelRunner(
+        self.runner = runner_factory(
             model,
             num_blocks,
             config.block_size,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -10,7 +11,10 @@ from typing import Any
 
 import torch
 
+from fastx.distributed.layers import building
+from fastx.engine.config import check_positive_int
 from fastx.engine.engine import Engine, EngineConfig
+from fastx.engine.runner import ModelRunner
 from fastx.engine.sampling_params import SamplingParams
 from fastx.engine.sequence import Sequence
 
@@ -57,6 +61,20 @@ def _completion(seq: Sequence) -> CompletionOutput:
     )
 
 
+def _start_tensor_parallel(model, size, dtype, device, revision, pack_weights):
+    """Check the size against the checkpoint's heads, then start (or, under torchrun, join) the ranks."""
+    if isinstance(model, torch.nn.Module):
+        raise ValueError(
+            "model: tensor_parallel_size > 1 needs a checkpoint (Hub id, folder or .gguf) that each rank loads its "
+            f"shard from, got a loaded {type(model).__name__}"
+        )
+    from fastx.distributed.launch import TensorParallel
+    from fastx.models import AutoConfig
+
+    config = AutoConfig.from_pretrained(model, revision=revision)
+    return TensorParallel.start(config, size, model, dtype, device, revision, pack_weights)
+
+
 class LLM:
     """Offline generation with continuous batching on a paged KV cache (vLLM's `LLM`)."""
 
@@ -77,18 +95,19 @@ class LLM:
         revision: str | None = None,
         pack_weights: bool = False,
         enforce_eager: bool = False,
+        tensor_parallel_size: int = 1,
     ):
         """`pack_weights`: float32 CPU models only; adds a oneDNN-packed copy of every projection
         weight, so batches of 3 or more sequences and prefills run ~1.6x faster, for twice the
         projection weights' memory (fastx.ops.pack_linear_weights).
 
         `enforce_eager` (vLLM's): on CUDA, run decode steps eagerly instead of replaying the CUDA
-        graphs captured per batch bucket when the engine starts."""
-        from fastx.checkpoints.gguf import read_gguf, resolve_gguf_file
-        from fastx.models import AutoModelForCausalLM
-        from fastx.ops.linear import pack_linear_weights
-        from fastx.processing.gguf_tokenizer import load_gguf_tokenizer
+        graphs captured per batch bucket when the engine starts.
 
+        `tensor_parallel_size` N > 1 (vLLM's): the model is split across N processes of this machine
+        (one GPU or one share of the CPU cores each; workers started here), or across the processes
+        torchrun started; rank 0 (this process) schedules and samples (fastx.distributed). Call
+        `close()` (or use `with LLM(...)`) to stop the workers; they also stop at exit."""
         # Validated before the model loads: a bad knob fails in milliseconds, not after the weights.
         engine_config = EngineConfig(
             block_size=block_size,
@@ -100,6 +119,28 @@ class LLM:
             seed=seed,
             enforce_eager=enforce_eager,
         )
+        self.tensor_parallel = None
+        sharded = contextlib.nullcontext()
+        check_positive_int("tensor_parallel_size", tensor_parallel_size)
+        if tensor_parallel_size > 1:
+            self.tensor_parallel = _start_tensor_parallel(
+                model, tensor_parallel_size, dtype, device, revision, pack_weights
+            )
+            device = self.tensor_parallel.device
+            sharded = building(self.tensor_parallel.shard)
+        try:
+            with sharded:
+                self._load(model, dtype, device, revision, tokenizer, skip_tokenizer_init, pack_weights, engine_config)
+        except BaseException:
+            self.close()
+            raise
+
+    def _load(self, model, dtype, device, revision, tokenizer, skip_tokenizer_init, pack_weights, engine_config):
+        from fastx.checkpoints.gguf import read_gguf, resolve_gguf_file
+        from fastx.models import AutoModelForCausalLM
+        from fastx.ops.linear import pack_linear_weights
+        from fastx.processing.gguf_tokenizer import load_gguf_tokenizer
+
         gguf = None
         if isinstance(model, torch.nn.Module):
             self.model = model
@@ -123,7 +164,20 @@ class LLM:
             self.tokenizer = load_gguf_tokenizer(gguf, name_or_path=str(model))
         else:
             self.tokenizer = self._load_tokenizer(tokenizer or source, revision)
-        self.engine = Engine(self.model, engine_config, tokenizer=self.tokenizer)
+        runner = self.tensor_parallel.runner_factory() if self.tensor_parallel is not None else ModelRunner
+        self.engine = Engine(self.model, engine_config, tokenizer=self.tokenizer, runner_factory=runner)
+
+    # -- lifetime ----------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the tensor-parallel workers and leave their process group (nothing to do on one device)."""
+        if self.tensor_parallel is not None:
+            self.tensor_parallel.close()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     # -- setup -----------------------------------------------------------------------------------
     @staticmethod

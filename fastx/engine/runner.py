@@ -70,8 +70,20 @@ class ModelRunner:
             self.graphs = self._capture()
 
     # -- decode under CUDA graphs ----------------------------------------------------------------
-    def _logits(self, input_ids: torch.Tensor, meta) -> torch.Tensor:
-        return self.model.compute_logits(self.model.forward_packed(input_ids, meta, self.kv_caches))
+    def forward_step(self, input_ids: torch.Tensor, meta, rows: list[int] | int | None = None) -> torch.Tensor:
+        """The model on one step's inputs -> logits of `rows` (row indices, the first n rows, or all).
+
+        The one place a step reaches the model: a tensor-parallel driver (fastx.distributed)
+        overrides it to hand each step to its workers first.
+        """
+        hidden = self.model.forward_packed(input_ids, meta, self.kv_caches)  # (T, E)
+        if isinstance(rows, int):
+            hidden = hidden[:rows]
+        elif rows is not None:
+            if not rows:  # every sequence is mid-way through a chunked prompt: no head
+                return hidden.new_empty(0, 0)
+            hidden = hidden[rows]
+        return self.model.compute_logits(hidden)
 
     def _padded_decode(self, rows: int):
         """(ids, metadata) of a decode step of `rows` padded rows: it reads and writes no K/V."""
@@ -82,7 +94,7 @@ class ModelRunner:
     def _capture(self) -> DecodeGraphs:
         inputs = {rows: self._padded_decode(rows) for rows in self.buckets}
         with torch.inference_mode():
-            return DecodeGraphs(lambda rows: self._logits(*inputs[rows]), self.buckets, self.device)
+            return DecodeGraphs(lambda rows: self.forward_step(*inputs[rows]), self.buckets, self.device)
 
     def warm_up(self) -> None:
         """Compile what the engine will launch before its first request; logs the time.
@@ -96,10 +108,10 @@ class ModelRunner:
         with torch.inference_mode():
             if self.graphs is None:
                 for rows in self.buckets:
-                    self._logits(*self._padded_decode(rows))
+                    self.forward_step(*self._padded_decode(rows))
             ids, meta = self.buffers.empty_decode(1)
             meta.is_decode = False  # a one-token prefill of an empty context: the prefill kernels
-            self._logits(ids, meta)
+            self.forward_step(ids, meta)
         torch.cuda.synchronize(self.device)
         log.info("compiled the engine's kernels in %.2f s", time.perf_counter() - started)
 
@@ -129,10 +141,9 @@ class ModelRunner:
             logits = self._decode(batch)
         else:
             input_ids, meta = self.buffers.write(batch)
-            hidden = self.model.forward_packed(input_ids, meta, self.kv_caches)  # (T, E)
+            logits = self.forward_step(input_ids, meta, batch.sample_rows)
             if not batch.sample_rows:
-                return hidden.new_empty(0, 0)
-            logits = self.model.compute_logits(hidden[batch.sample_rows])
+                return logits
         # The head runs once per distinct row: fork children reuse their parent's logits as they are.
         return logits[batch.draw_rows] if batch.forks else logits
 
@@ -145,5 +156,4 @@ class ModelRunner:
             return self.graphs.step(rows)[:n_seqs]
         if kernels:
             meta.decode_splits = self.decode_splits[rows]
-        hidden = self.model.forward_packed(input_ids, meta, self.kv_caches)  # (rows, E); every row samples
-        return self.model.compute_logits(hidden[:n_seqs])
+        return self.forward_step(input_ids, meta, n_seqs)  # every real row samples

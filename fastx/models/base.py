@@ -26,6 +26,7 @@ from fastx.checkpoints.safetensors import (
     iter_safetensors,
     read_safetensors_header,
 )
+from fastx.distributed.layers import current_shard
 from fastx.models.config import config_from_dict
 from fastx.models.dtypes import resolve_dtype
 from fastx.models.placement import resolve_device
@@ -78,6 +79,11 @@ class PreTrainedModel(nn.Module):
     packed_modules: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     config: Any
+
+    def __init__(self):
+        super().__init__()
+        # Tensor parallelism (fastx.distributed): which rank's slices this model holds; rank 0 of 1 otherwise.
+        self.shard = current_shard()
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -174,7 +180,8 @@ class PreTrainedModel(nn.Module):
             return
 
         def is_packed_piece(name: str) -> bool:  # read as a copy: it is concatenated right away
-            return self._packed_name(name, None)[1] is not None
+            # (a tensor-parallel rank slices the mapped view instead: it never reads the whole piece)
+            return self.shard.size == 1 and self._packed_name(name, None)[1] is not None
 
         for file in checkpoint_files(folder):
             entries = iter_safetensors(file, dtype, is_packed_piece, destinations.get)
@@ -191,7 +198,11 @@ class PreTrainedModel(nn.Module):
         dtype conversion, a hook that reshapes tensors, missing or misshapen pieces) is left to
         the general path, which converts, concatenates or reports it.
         """
-        if not self.packed_modules or type(self).checkpoint_tensors is not PreTrainedModel.checkpoint_tensors:
+        if (
+            not self.packed_modules
+            or type(self).checkpoint_tensors is not PreTrainedModel.checkpoint_tensors
+            or self.shard.size > 1  # a rank's pieces are slices, cut from the mapped tensors in _local
+        ):
             return {}, {}
         found: dict[str, dict[int, tuple[str, list[int], torch.dtype]]] = {}
         for file in checkpoint_files(folder):
@@ -239,7 +250,7 @@ class PreTrainedModel(nn.Module):
                         )
                     continue  # a head this class does not have (e.g. the MLM head under AutoModel)
                 if part is not None:
-                    pieces.setdefault(target, {})[part] = tensor
+                    pieces.setdefault(target, {})[part] = self._local(target, tensor, part)
                     count = len(self._packed_parts(target))
                     if len(pieces[target]) < count:
                         continue
@@ -248,6 +259,8 @@ class PreTrainedModel(nn.Module):
                     tensor = (
                         fused.pop(target) if target in fused else torch.cat([parts[i] for i in range(count)], dim=0)
                     )
+                else:
+                    tensor = self._local(target, tensor, None)
                 self._assign(target, tensor, params[target], device, file)
                 loaded.add(target)
         for target, got in pieces.items():
@@ -273,6 +286,19 @@ class PreTrainedModel(nn.Module):
                     return ".".join(parts[:-2] + [fused, parts[-1]]), pieces.index(parts[-2])
         return name, None
 
+    def _local(self, target: str, tensor: torch.Tensor, part: int | None) -> torch.Tensor:
+        """This rank's part of a full checkpoint tensor (all of it on one device; see fastx.distributed.layers)."""
+        if self.shard.size == 1:
+            return tensor
+        module_name, _, leaf = target.rpartition(".")
+        module = self.get_submodule(module_name) if module_name else self
+        shard_tensor = getattr(module, "shard_tensor", None)
+        if shard_tensor is not None:
+            return shard_tensor(leaf, tensor, part)
+        # A replicated parameter gets its own copy too: no view keeps the file's map (with the
+        # pages of the other ranks' slices that slicing touched) alive after loading.
+        return tensor.clone(memory_format=torch.contiguous_format)
+
     def _assign(self, target: str, tensor: torch.Tensor, param: nn.Parameter, device, file) -> None:
         if tuple(tensor.shape) != tuple(param.shape):
             raise ValueError(
@@ -281,7 +307,8 @@ class PreTrainedModel(nn.Module):
         module_name, _, leaf = target.rpartition(".")
         module = self.get_submodule(module_name) if module_name else self
         # Floating tensors already carry the requested dtype (converted while read).
-        module._parameters[leaf] = nn.Parameter(tensor.to(device=device), requires_grad=False)
+        # (contiguous: a hook may yield a transposed view, as GPT-2's Conv1D weights are)
+        module._parameters[leaf] = nn.Parameter(tensor.to(device=device).contiguous(), requires_grad=False)
 
     def _drop_absent_optional_modules(self, loaded: set[str]) -> None:
         """A declared-optional submodule with no tensor in the checkpoint is removed (set to None)."""

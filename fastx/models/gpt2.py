@@ -23,12 +23,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+import fastx.distributed.layers as tp
 import fastx.ops as ops
 from fastx.models.attention import AttentionMetadata, causal_attention
 from fastx.models.base import GenerationMixin, PreTrainedModel
 from fastx.models.config import check_multiple, check_supported
 from fastx.models.outputs import BaseModelOutput, CausalLMOutput
-from fastx.ops.linear import Linear
 
 GELU_APPROXIMATION = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
 
@@ -73,23 +73,24 @@ class GPT2Config:
 class GPT2Attention(nn.Module):
     def __init__(self, config: GPT2Config):
         super().__init__()
-        self.num_heads = config.n_head
+        self.num_heads = tp.current_shard().heads(config.n_head)  # this rank's, under tensor parallelism
         self.head_dim = config.head_dim
         self.scale = self.head_dim**-0.5 if config.scale_attn_weights else 1.0
-        self.c_attn = Linear(config.n_embd, 3 * config.n_embd)  # query, key, value in one GEMM
-        self.c_proj = Linear(config.n_embd, config.n_embd)
+        # query, key, value in one GEMM
+        self.c_attn = tp.qkv_linear(config.n_embd, self.head_dim, config.n_head, config.n_head, bias=True)
+        self.c_proj = tp.row_linear(config.n_embd, config.n_embd, bias=True)
 
     def forward(self, x, meta: AttentionMetadata, kv_cache, output_attentions: bool):  # (T, E)
         q, k, v = self.c_attn(x).view(x.shape[0], 3, self.num_heads, self.head_dim).unbind(1)  # 3 x (T, H, D)
         out, probs = causal_attention(q, k, v, meta, kv_cache, scale=self.scale, output_attentions=output_attentions)
-        return self.c_proj(out.reshape(x.shape)), probs
+        return self.c_proj(out.reshape(x.shape[0], -1)), probs
 
 
 class GPT2MLP(nn.Module):
     def __init__(self, config: GPT2Config):
         super().__init__()
-        self.c_fc = Linear(config.n_embd, config.inner_size)
-        self.c_proj = Linear(config.inner_size, config.n_embd)
+        self.c_fc = tp.column_linear(config.n_embd, (config.inner_size,), bias=True)
+        self.c_proj = tp.row_linear(config.inner_size, config.n_embd, bias=True)
         self.approximate = GELU_APPROXIMATION[config.activation_function]
 
     def forward(self, x):  # (T, E) -> (T, I) -> (T, E)
@@ -131,7 +132,9 @@ class _GPT2Base(PreTrainedModel):
         if _CONV1D_WEIGHT.search(name):
             if tensor.dim() != 2:
                 raise ValueError(f"{name}: expected a 2-D Conv1D weight (in, out), got shape {tuple(tensor.shape)}")
-            tensor = tensor.t().contiguous()  # Conv1D (in, out) -> nn.Linear (out, in)
+            # Conv1D (in, out) -> nn.Linear (out, in); a view, so that a tensor-parallel rank copies
+            # only its slice (the loader makes every parameter contiguous).
+            tensor = tensor.t()
         yield name, tensor
 
     @property
@@ -139,12 +142,12 @@ class _GPT2Base(PreTrainedModel):
         return self.config.n_layer
 
     @property
-    def num_query_heads(self) -> int:
-        return self.config.n_head
+    def num_query_heads(self) -> int:  # this rank's, under tensor parallelism
+        return self.shard.heads(self.config.n_head)
 
     @property
     def num_kv_heads(self) -> int:
-        return self.config.n_head
+        return self.shard.heads(self.config.n_head)
 
     @property
     def head_dim(self) -> int:
@@ -171,7 +174,7 @@ class GPT2Model(_GPT2Base):
     def __init__(self, config: GPT2Config):
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wte = tp.vocab_embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)
         self.h = nn.ModuleList(GPT2Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
@@ -232,7 +235,7 @@ class GPT2LMHeadModel(GenerationMixin, _GPT2Base):
         super().__init__()
         self.config = config
         self.transformer = GPT2Model(config)
-        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = tp.lm_head(config.n_embd, config.vocab_size)
 
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:

@@ -26,12 +26,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+import fastx.distributed.layers as tp
 import fastx.ops as ops
 from fastx.models.attention import AttentionMetadata, causal_attention
 from fastx.models.base import GenerationMixin, PreTrainedModel
 from fastx.models.llama_config import LlamaConfig, rope_cache
 from fastx.models.outputs import BaseModelOutput, CausalLMOutput
-from fastx.ops.linear import Linear
 
 
 class LlamaRMSNorm(nn.Module):
@@ -50,14 +50,16 @@ class LlamaAttention(nn.Module):
     def __init__(self, config: LlamaConfig, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
+        shard = tp.current_shard()  # this rank's heads under tensor parallelism; all of them on one device
         self.num_heads, self.num_kv_heads, self.head_dim = (
-            config.num_attention_heads,
-            config.num_key_value_heads,
+            shard.heads(config.num_attention_heads),
+            shard.kv_heads(config.num_key_value_heads),
             config.head_dim,
         )
         self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.qkv_proj = Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.qkv_bias)
-        self.o_proj = Linear(self.q_size, config.hidden_size, bias=config.o_bias)
+        heads = (config.num_attention_heads, config.num_key_value_heads)
+        self.qkv_proj = tp.qkv_linear(config.hidden_size, self.head_dim, *heads, bias=config.qkv_bias)
+        self.o_proj = tp.row_linear(config.num_attention_heads * self.head_dim, config.hidden_size, config.o_bias)
         self.scale = self.head_dim**-0.5
 
     def forward(self, x, angles: ops.RotaryAngles, meta: AttentionMetadata, kv_cache, output_attentions: bool):
@@ -75,8 +77,9 @@ class LlamaAttention(nn.Module):
 class LlamaMLP(nn.Module):
     def __init__(self, config: LlamaConfig):
         super().__init__()
-        self.gate_up_proj = Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias)
-        self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        width = config.intermediate_size
+        self.gate_up_proj = tp.column_linear(config.hidden_size, (width, width), bias=config.mlp_bias)
+        self.down_proj = tp.row_linear(width, config.hidden_size, bias=config.mlp_bias)
 
     def forward(self, x):  # (T, E) -> (T, 2F) -> silu(gate) * up (T, F) -> (T, E)
         return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))
@@ -116,12 +119,12 @@ class _LlamaBase(PreTrainedModel):
         return self.config.num_hidden_layers
 
     @property
-    def num_query_heads(self) -> int:
-        return self.config.num_attention_heads
+    def num_query_heads(self) -> int:  # this rank's, under tensor parallelism (the KV cache holds its heads)
+        return self.shard.heads(self.config.num_attention_heads)
 
     @property
     def num_kv_heads(self) -> int:
-        return self.config.num_key_value_heads
+        return self.shard.kv_heads(self.config.num_key_value_heads)
 
     @property
     def head_dim(self) -> int:
@@ -146,7 +149,7 @@ class LlamaModel(_LlamaBase):
     def __init__(self, config: LlamaConfig):
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = tp.vocab_embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(LlamaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
         if torch.empty(0).is_meta:
@@ -234,7 +237,7 @@ class LlamaForCausalLM(GenerationMixin, _LlamaBase):
         super().__init__()
         self.config = config
         self.model = LlamaModel(config)
-        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = tp.lm_head(config.hidden_size, config.vocab_size)
 
     def tie_weights(self) -> None:
         if not self.config.tie_word_embeddings:

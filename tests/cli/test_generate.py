@@ -203,3 +203,14 @@ def test_generate_ctrl_c_keeps_finished_answers(cli, tmp_path, tiny_llama):
     records = json.loads((out + rest).decode())  # still a valid JSON list
     assert [r["index"] for r in records] == [0] and records[0]["finish_reason"] == "length"
     assert err.decode() == "fastx: interrupted: 1 of 3 answers written\n"
+
+
+def test_generate_tensor_parallel_equals_one_process(cli, tmp_path, tiny_llama):
+    """--tensor-parallel-size 2: the same greedy JSON as one process; a size the heads refuse is one line."""
+    args = ["generate", "tell me a story", "second prompt", "--model", tiny_llama, "--max-tokens", 12, "--json"]
+    one = cli.run(*args, cwd=tmp_path)
+    two = cli.run(*args, "--tensor-parallel-size", 2, cwd=tmp_path)
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr, two.stderr)
+    assert json.loads(two.stdout) == json.loads(one.stdout)
+    refused = cli.run(*args, "--tensor-parallel-size", 3, cwd=tmp_path)
+    cli.assert_one_line_error(refused, 1, "tensor_parallel_size", "4 query heads and 2 KV heads")
