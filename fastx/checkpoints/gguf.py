@@ -18,6 +18,7 @@ import mmap
 import os
 import re
 import struct
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -145,10 +146,11 @@ class GGUFCheckpoint:
     def tensor_names(self) -> list[str]:
         return [info[0] for info in self.tensor_infos]
 
-    def tensors(self, dtype: torch.dtype = torch.float32) -> Iterator[tuple[str, torch.Tensor]]:
-        """Yield (transformers name, tensor of `dtype`) one at a time, dequantized, q/k rows un-permuted."""
+    def tensors(self, dtype: torch.dtype = torch.float32, exclude=()) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield (transformers name, tensor of `dtype`) one at a time, dequantized, q/k rows un-permuted;
+        tensors named in `exclude` (GGUF names: those a loader kept as blocks) are skipped."""
         for name, type_id, shape, offset, nbytes in self.tensor_infos:
-            if name in _IGNORED_TENSORS:
+            if name in _IGNORED_TENSORS or name in exclude:
                 continue
             target = transformers_name(name)
             if target is None:
@@ -161,6 +163,28 @@ class GGUFCheckpoint:
                 heads = self.config["num_attention_heads" if ".attn_q." in name else "num_key_value_heads"]
                 tensor = _unpermute_rotary_rows(tensor, heads, self.path, name)
             yield target, tensor.to(dtype)
+
+    def raw_rows(self, name: str) -> torch.Tensor:
+        """Tensor `name`'s stored bytes as (rows, bytes per row) uint8: a read-only view of the mapped file,
+        except for q/k, whose whole block rows are un-permuted as in tensors() (a copy)."""
+        _, _, shape, offset, nbytes = next(info for info in self.tensor_infos if info[0] == name)
+        rows = int(np.prod(shape[:-1], dtype=np.int64))
+        with warnings.catch_warnings():  # the map is read-only: fastx never writes through these views
+            warnings.simplefilter("ignore", UserWarning)
+            raw = torch.frombuffer(self._mapped, dtype=torch.uint8, count=nbytes, offset=offset).view(rows, -1)
+        if ".attn_q." in name or ".attn_k." in name:
+            heads = self.config["num_attention_heads" if ".attn_q." in name else "num_key_value_heads"]
+            raw = _unpermute_rotary_rows(raw, heads, self.path, name)
+        return raw
+
+    def release_pages(self, names) -> None:
+        """Drop the mapped pages of tensors `names` from this process (after copying them: the bytes are
+        then held once); the OS page cache keeps them, and a later read faults them back in."""
+        page = mmap.PAGESIZE
+        for name, _, _, offset, nbytes in self.tensor_infos:
+            start, stop = -(-offset // page) * page, (offset + nbytes) // page * page  # whole pages inside
+            if name in names and stop > start and hasattr(self._mapped, "madvise"):
+                self._mapped.madvise(mmap.MADV_DONTNEED, start, stop - start)
 
     def _dequantize(self, name: str, type_id: int, shape: tuple[int, ...], offset: int, nbytes: int) -> torch.Tensor:
         raw = np.frombuffer(self._mapped, dtype=np.uint8, count=nbytes, offset=offset)

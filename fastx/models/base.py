@@ -28,6 +28,7 @@ from fastx.checkpoints.safetensors import (
 )
 from fastx.models.config import config_from_dict
 from fastx.models.dtypes import resolve_dtype
+from fastx.models.gguf_blocks import keep_gguf_blocks
 
 
 @contextlib.contextmanager
@@ -124,17 +125,23 @@ class PreTrainedModel(nn.Module):
                 f"{checkpoint.path}: a GGUF {data['model_type']} checkpoint cannot load into {cls.__name__}"
             )
         config = config_from_dict(cls.config_class, data, str(checkpoint.path))
-        model = cls._build(config, resolve_dtype(dtype, data, device), device, checkpoint.path, gguf=checkpoint)
+        # dtype names the weights' dtype, as in transformers: a float dtype dequantizes every tensor to
+        # it; None or "auto" (the checkpoint's own) keeps block-quantized weights as the file's blocks.
+        keep_blocks = dtype is None or dtype == "auto"
+        resolved = resolve_dtype(dtype, data, device)
+        model = cls._build(config, resolved, device, checkpoint.path, gguf=checkpoint, keep_blocks=keep_blocks)
         model.name_or_path = str(checkpoint.path)
         return model
 
     @classmethod
-    def _build(cls, config, dtype: torch.dtype, device, folder: Path, gguf: GGUFCheckpoint | None):
-        """Build on the meta device (no memory, no init), then read every weight once onto `device`."""
+    def _build(cls, config, dtype: torch.dtype, device, folder: Path, gguf: GGUFCheckpoint | None, keep_blocks=False):
+        """Build on the meta device (no memory, no init), then read every weight once onto `device`
+        (a GGUF's block-quantized weights kept as blocks with `keep_blocks`: fastx.models.gguf_blocks)."""
         device = torch.device(device) if device is not None else torch.device("cpu")
         with torch.device("meta"), _skip_weight_init():
             model = cls(config)
-        model.load_checkpoint(folder, dtype, device, gguf=gguf)
+        kept = keep_gguf_blocks(model, gguf, dtype, device) if keep_blocks and gguf is not None else set()
+        model.load_checkpoint(folder, dtype, device, gguf=gguf, exclude=kept)
         return model.eval().requires_grad_(False)
 
     # -- loading --------------------------------------------------------------------------------
@@ -159,11 +166,12 @@ class PreTrainedModel(nn.Module):
         return None
 
     def _checkpoint_entries(
-        self, folder: Path, dtype: torch.dtype, gguf, destinations: dict[str, torch.Tensor]
+        self, folder: Path, dtype: torch.dtype, gguf, destinations: dict[str, torch.Tensor], exclude=()
     ) -> Iterator[tuple[Path, str, torch.Tensor]]:
-        """(file, name, tensor) of every checkpoint tensor: safetensors files, or one GGUF (fastx.checkpoints.gguf)."""
+        """(file, name, tensor) of every checkpoint tensor: safetensors files, or one GGUF (fastx.checkpoints.gguf)
+        less the GGUF tensors named in `exclude`."""
         if gguf is not None:
-            yield from ((gguf.path, name, tensor) for name, tensor in gguf.tensors(dtype))
+            yield from ((gguf.path, name, tensor) for name, tensor in gguf.tensors(dtype, exclude))
             return
 
         def is_packed_piece(name: str) -> bool:  # read as a copy: it is concatenated right away
@@ -212,13 +220,13 @@ class PreTrainedModel(nn.Module):
                 offset += shape[0]
         return slices, fused
 
-    def load_checkpoint(self, folder: Path, dtype: torch.dtype, device: torch.device, gguf=None) -> None:
+    def load_checkpoint(self, folder: Path, dtype: torch.dtype, device: torch.device, gguf=None, exclude=()) -> None:
         params = dict(self.named_parameters())
         top_level = {n.split(".")[0] for n in params}
         pieces: dict[str, dict[int, torch.Tensor]] = {}
         loaded: set[str] = set()
         slices, fused = self._fused_destinations(folder, dtype, params) if gguf is None else ({}, {})
-        for file, raw_name, raw_tensor in self._checkpoint_entries(folder, dtype, gguf, slices):
+        for file, raw_name, raw_tensor in self._checkpoint_entries(folder, dtype, gguf, slices, exclude):
             if any(re.search(p, raw_name) for p in self.ignored_checkpoint_keys):
                 continue
             for name, tensor in self.checkpoint_tensors(raw_name, raw_tensor):
