@@ -76,13 +76,20 @@ class LLM:
         revision: str | None = None,
         pack_weights: bool = False,
         enforce_eager: bool = False,
+        num_threads: int | None = None,
     ):
         """`pack_weights`: float32 CPU models only; adds a oneDNN-packed copy of every projection
         weight, so batches of 3 or more sequences and prefills run ~1.6x faster, for twice the
         projection weights' memory (fastx.ops.pack_linear_weights).
 
         `enforce_eager` (vLLM's): on CUDA, run decode steps eagerly instead of replaying the CUDA
-        graphs captured per batch bucket when the engine starts."""
+        graphs captured per batch bucket when the engine starts.
+
+        `num_threads`: on the CPU, torch's intra-op threads; None = one per core that other processes
+        leave idle when the engine starts (fastx.engine.threads), so a busy core does not stall decoding.
+
+        A `.gguf` model keeps its block-quantized weights as blocks unless `dtype` names a float dtype
+        to dequantize them to (fastx.ops.quant_linear)."""
         from fastx.checkpoints.gguf import read_gguf, resolve_gguf_file
         from fastx.models import AutoModelForCausalLM
         from fastx.ops.linear import pack_linear_weights
@@ -98,6 +105,7 @@ class LLM:
             enable_prefix_caching=enable_prefix_caching,
             seed=seed,
             enforce_eager=enforce_eager,
+            num_threads=num_threads,
         )
         gguf = None
         if isinstance(model, torch.nn.Module):
