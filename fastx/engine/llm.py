@@ -77,6 +77,7 @@ class LLM:
         pack_weights: bool = False,
         enforce_eager: bool = False,
         num_threads: int | None = None,
+        quantization: str | None = None,
     ):
         """`pack_weights`: float32 CPU models only; adds a oneDNN-packed copy of every projection
         weight, so batches of 3 or more sequences and prefills run ~1.6x faster, for twice the
@@ -89,7 +90,8 @@ class LLM:
         leave idle when the engine starts (fastx.engine.threads), so a busy core does not stall decoding.
 
         A `.gguf` model keeps its block-quantized weights as blocks unless `dtype` names a float dtype
-        to dequantize them to (fastx.ops.quant_linear)."""
+        to dequantize them to (fastx.ops.quant_linear). `quantization="int8"` (CPU): every projection
+        through torch's dynamic int8 GEMM (fastx.ops.int8_linear), approximate."""
         from fastx.checkpoints.gguf import read_gguf, resolve_gguf_file
         from fastx.models import AutoModelForCausalLM
         from fastx.ops.linear import pack_linear_weights
@@ -109,6 +111,11 @@ class LLM:
         )
         gguf = None
         if isinstance(model, torch.nn.Module):
+            if quantization is not None:
+                raise ValueError(
+                    "quantization: applies to a model LLM loads itself; quantize a module with "
+                    "fastx.ops.int8_linear.quantize_int8"
+                )
             self.model = model
             source = getattr(model, "name_or_path", None)
         else:
@@ -118,10 +125,12 @@ class LLM:
             gguf_path = resolve_gguf_file(model)
             if gguf_path is not None:  # parsed once: the model and its tokenizer come from the same header
                 gguf = read_gguf(gguf_path)
-                self.model = AutoModelForCausalLM.from_gguf(gguf, dtype=dtype, device=device)
+                self.model = AutoModelForCausalLM.from_gguf(gguf, dtype=dtype, device=device, quantization=quantization)
                 self.model.name_or_path = str(model)
             else:
-                self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, device=device, revision=revision)
+                self.model = AutoModelForCausalLM.from_pretrained(
+                    model, dtype=dtype, device=device, revision=revision, quantization=quantization
+                )
         if pack_weights:
             pack_linear_weights(self.model)
         if skip_tokenizer_init:

@@ -92,20 +92,26 @@ class PreTrainedModel(nn.Module):
         token: str | bool | None = None,
         torch_dtype: torch.dtype | str | None = None,
         gguf_file: str | os.PathLike | None = None,
+        quantization: str | None = None,
     ):
-        """Load a checkpoint (Hub repo id, local folder or .gguf file) ready for inference (eval mode, no grads)."""
+        """Load a checkpoint (Hub repo id, local folder or .gguf file) ready for inference (eval mode, no grads).
+
+        `quantization="int8"`: CPU only, every projection through torch's dynamic int8 GEMM
+        (fastx.ops.int8_linear; approximate), from fp32 weights (a GGUF is dequantized to fp32 first)."""
         dtype = dtype if dtype is not None else torch_dtype
+        _check_quantization(quantization)
         # GGUF (llama.cpp's single file): a path to the .gguf, or a folder / repo id with gguf_file=name.
         hub = {"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
         gguf_path = resolve_gguf_file(name_or_path, gguf_file, **hub)
         if gguf_path is not None:
-            model = cls.from_gguf(read_gguf(gguf_path), dtype=dtype, device=device)
+            model = cls.from_gguf(read_gguf(gguf_path), dtype=dtype, device=device, quantization=quantization)
         else:
             folder = resolve_checkpoint(name_or_path, **hub)
             config_path = folder / "config.json"
             data = read_json(config_path)
             config = config_from_dict(cls.config_class, data, str(config_path))
             model = cls._build(config, resolve_dtype(dtype, data, device), device, folder, gguf=None)
+            _apply_quantization(model, quantization)
         model.name_or_path = str(name_or_path)
         return model
 
@@ -115,6 +121,7 @@ class PreTrainedModel(nn.Module):
         checkpoint: GGUFCheckpoint,
         dtype: torch.dtype | str | None = None,
         device: torch.device | str | None = None,
+        quantization: str | None = None,
     ):
         """Load from a GGUF file already parsed by read_gguf (its metadata is the config)."""
         from fastx.models.auto import MODEL_TYPES
@@ -127,9 +134,13 @@ class PreTrainedModel(nn.Module):
         config = config_from_dict(cls.config_class, data, str(checkpoint.path))
         # dtype names the weights' dtype, as in transformers: a float dtype dequantizes every tensor to
         # it; None or "auto" (the checkpoint's own) keeps block-quantized weights as the file's blocks.
+        _check_quantization(quantization)
+        if quantization == "int8" and dtype is None:
+            dtype = torch.float32  # int8 GEMMs quantize fp32 weights
         keep_blocks = dtype is None or dtype == "auto"
         resolved = resolve_dtype(dtype, data, device)
         model = cls._build(config, resolved, device, checkpoint.path, gguf=checkpoint, keep_blocks=keep_blocks)
+        _apply_quantization(model, quantization)
         model.name_or_path = str(checkpoint.path)
         return model
 
@@ -301,6 +312,21 @@ class PreTrainedModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
+
+
+QUANTIZATIONS = ("int8",)
+
+
+def _check_quantization(quantization) -> None:
+    if quantization is not None and quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization: expected None or one of {QUANTIZATIONS}, got {quantization!r}")
+
+
+def _apply_quantization(model, quantization) -> None:
+    if quantization == "int8":
+        from fastx.ops.int8_linear import quantize_int8
+
+        quantize_int8(model)
 
 
 class GenerationMixin:

@@ -121,3 +121,19 @@ def test_default_q4_1_file_greedy_tokens_and_memory(smollm2_gguf):
     held = {t.data_ptr(): t.numel() * t.element_size() for t in [*kept.parameters(), *kept.buffers()]}
     assert sum(held.values()) <= 1.15 * os.path.getsize(smollm2_gguf)
     assert all(not isinstance(m, nn.Embedding) for m in kept.modules())
+
+
+def test_int8_quantization_from_a_gguf(tiny_gguf):
+    from fastx.ops.int8_linear import Int8DynamicLinear, int8_available
+
+    if not int8_available():
+        pytest.skip("this torch build has no x86/fbgemm quantized engine")
+    dense = AutoModelForCausalLM.from_pretrained(tiny_gguf, dtype="float32")
+    int8 = AutoModelForCausalLM.from_pretrained(tiny_gguf, quantization="int8")
+    assert isinstance(int8.model.layers[0].self_attn.qkv_proj, Int8DynamicLinear)
+    assert isinstance(int8.lm_head, Int8DynamicLinear)
+    ids = torch.tensor([[1, 5, 9, 63, 0, 2, 17]])
+    a, b = int8(ids).logits.flatten(), dense(ids).logits.flatten()
+    assert 0.99 < torch.nn.functional.cosine_similarity(a, b, dim=0) < 1 - 1e-7
+    with pytest.raises(ValueError, match=r"quantization: expected None or one of \('int8',\), got 'int4'"):
+        AutoModelForCausalLM.from_pretrained(tiny_gguf, quantization="int4")
