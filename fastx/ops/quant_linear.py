@@ -40,7 +40,10 @@ class DequantBuffer:
     def get(self, numel: int, device: torch.device) -> torch.Tensor:
         buffer = self._buffers.get(device)
         if buffer is None or buffer.numel() < numel:
-            buffer = self._buffers[device] = torch.empty(numel, dtype=torch.float32, device=device)
+            # A normal tensor even when first needed under inference_mode (the engine's steps): an
+            # inference tensor could not be written by a later call outside it.
+            with torch.inference_mode(False):
+                buffer = self._buffers[device] = torch.empty(numel, dtype=torch.float32, device=device)
         return buffer[:numel]
 
 

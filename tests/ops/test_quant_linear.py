@@ -76,6 +76,15 @@ def test_shared_buffer_is_reused_across_layers():
     assert buffer.get(1, torch.device("cpu")).data_ptr() == pointer
 
 
+def test_buffer_made_under_inference_mode_serves_later_plain_calls():
+    raw, weight = _blocks("Q4_1", 8, 64, 7)
+    layer = QuantizedLinear(64, 8, [("Q4_1", raw)])
+    x = torch.randn(1, 64)
+    with torch.inference_mode():  # the engine's steps allocate the buffer first
+        layer(x)
+    torch.testing.assert_close(layer(x), F.linear(x, weight))
+
+
 def test_embedding_dequantizes_looked_up_rows_and_ties_to_a_head():
     raw, table = _blocks("Q8_0", 50, 64, 6)
     embed = QuantizedEmbedding("Q8_0", raw, 64)
