@@ -319,3 +319,45 @@ def _wait_policy_rows(path, threads):
                 key = f"wait_policy_{policy}_{threads}_threads_{state}_tok_s"
                 rows[key] = max(rows.get(key, 0.0), rate)
     return rows
+
+
+def test_int8_error_and_speed(benchmark, engines, smollm2_gguf, alternate):
+    """quantization="int8" against fp32 on the same file: logit cosine, greedy agreement, batch-1 decode."""
+    from fastx import LLM, SamplingParams
+
+    llms, threads = engines
+    dense = llms["fastx_dequantized"]
+    int8 = LLM(str(smollm2_gguf), quantization="int8", device="cpu", kv_cache_memory=256 << 20, num_threads=threads)
+    tok = dense.get_tokenizer()
+    prompts = [
+        tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True) for q in QUESTIONS[:4]
+    ]
+    cosines = []
+    for ids in prompts:
+        x = torch.tensor([ids])
+        a, b = int8.model(x).logits.flatten(), dense.model(x).logits.flatten()
+        cosines.append(torch.nn.functional.cosine_similarity(a, b, dim=0).item())
+    params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
+    agree = []
+    for ids in prompts:
+        mine, ref = (
+            llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False)[0].outputs[0].token_ids
+            for llm in (int8, dense)
+        )
+        same = next((i for i, (p, q) in enumerate(zip(mine, ref)) if p != q), len(ref))
+        agree.append(same / len(ref))  # the greedy prefix that equals fp32's, as a fraction of 32 tokens
+    runs = alternate(
+        {"int8": _fastx_decode(int8, prompts[0]), "fp32": _fastx_decode(dense, prompts[0])},
+        1 if benchmark.disabled else 2,
+    )
+    rates = {name: max(n / t for t, n in r) for name, r in runs.items()}
+    info = {
+        "threads": threads,
+        "logit_cosine_min": min(cosines),
+        "greedy_prefix_agreement": agree,
+        "decode_tok_s_int8": rates["int8"],
+        "decode_tok_s_fp32": rates["fp32"],
+        "decode_ratio_int8_over_fp32": rates["int8"] / rates["fp32"],
+    }
+    benchmark.extra_info.update(info)
+    print(json.dumps(info, indent=1))
