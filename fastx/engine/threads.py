@@ -8,9 +8,13 @@ policy steal more from the process that holds the core: batch-1 decode of SmolLM
 counts the cores of its affinity mask that are busy over a short sample of /proc/stat when it starts
 (busy: >= BUSY_FRACTION of the sample spent outside idle/iowait, which at that moment is other
 processes' work: the engine itself is not computing yet) and runs one thread per remaining core.
-`num_threads=` (LLM, EngineConfig) overrides the choice. The wait policy is left alone: OpenMP reads
-OMP_WAIT_POLICY once, when torch loads its runtime, so only the user's environment can set it; PASSIVE
-measured slower on a quiet machine (see bench/bench_e2e_gguf.py's thread rows).
+`num_threads=` (LLM, EngineConfig) overrides the choice.
+NOTE (bench/bench_e2e_gguf.py, 2-core EPYC shared with other jobs, SmolLM2 fp32 batch-1 decode): one
+thread 8.2 tok/s, two 6.1 while other jobs ran; with a busy loop added, one thread 6.2 and two 3.8, and
+the choice here was one (0.75x the best rate before the loop). The wait policy is left alone: OpenMP
+reads OMP_WAIT_POLICY once, when torch loads its runtime, so only the user's environment can set it,
+and neither policy won everywhere: PASSIVE at two threads measured 8.1 vs 13.8 tok/s (default) in an
+earlier run with less other load, and 8.1 vs 4.3 when other jobs held the cores.
 """
 
 from __future__ import annotations
