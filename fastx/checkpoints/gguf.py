@@ -18,6 +18,7 @@ import mmap
 import os
 import re
 import struct
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -71,9 +72,7 @@ def _gguf_package():
     return gguf
 
 
-# ---------------------------------------------------------------------------------------------
-# Header parsing
-# ---------------------------------------------------------------------------------------------
+# -- Header parsing --
 class _Cursor:
     """Bounds-checked little-endian reads from the mapped file."""
 
@@ -145,10 +144,11 @@ class GGUFCheckpoint:
     def tensor_names(self) -> list[str]:
         return [info[0] for info in self.tensor_infos]
 
-    def tensors(self, dtype: torch.dtype = torch.float32) -> Iterator[tuple[str, torch.Tensor]]:
-        """Yield (transformers name, tensor of `dtype`) one at a time, dequantized, q/k rows un-permuted."""
+    def tensors(self, dtype: torch.dtype = torch.float32, exclude=()) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield (transformers name, tensor of `dtype`) one at a time, dequantized, q/k rows un-permuted;
+        tensors named in `exclude` (GGUF names: those a loader kept as blocks) are skipped."""
         for name, type_id, shape, offset, nbytes in self.tensor_infos:
-            if name in _IGNORED_TENSORS:
+            if name in _IGNORED_TENSORS or name in exclude:
                 continue
             target = transformers_name(name)
             if target is None:
@@ -156,11 +156,33 @@ class GGUFCheckpoint:
                     f"{self.path}: tensor {name!r} has no counterpart in a Llama model "
                     "(an architecture variant fastx does not support)"
                 )
-            tensor = self._dequantize(name, type_id, shape, offset, nbytes)
-            if ".attn_q." in name or ".attn_k." in name:
-                heads = self.config["num_attention_heads" if ".attn_q." in name else "num_key_value_heads"]
-                tensor = _unpermute_rotary_rows(tensor, heads, self.path, name)
-            yield target, tensor.to(dtype)
+            yield target, self._unpermuted(name, self._dequantize(name, type_id, shape, offset, nbytes)).to(dtype)
+
+    def _unpermuted(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """q/k rows back in transformers' order (whole rows move: valid for raw block rows too)."""
+        if ".attn_q." not in name and ".attn_k." not in name:
+            return tensor
+        heads = self.config["num_attention_heads" if ".attn_q." in name else "num_key_value_heads"]
+        return _unpermute_rotary_rows(tensor, heads, self.path, name)
+
+    def raw_rows(self, name: str) -> torch.Tensor:
+        """Tensor `name`'s stored bytes as (rows, bytes per row) uint8: a read-only view of the mapped file,
+        except for q/k, whose whole block rows are un-permuted as in tensors() (a copy)."""
+        _, _, shape, offset, nbytes = next(info for info in self.tensor_infos if info[0] == name)
+        rows = int(np.prod(shape[:-1], dtype=np.int64))
+        with warnings.catch_warnings():  # the map is read-only: fastx never writes through these views
+            warnings.simplefilter("ignore", UserWarning)
+            raw = torch.frombuffer(self._mapped, dtype=torch.uint8, count=nbytes, offset=offset).view(rows, -1)
+        return self._unpermuted(name, raw)
+
+    def release_pages(self, names) -> None:
+        """Drop the mapped pages of tensors `names` from this process (after copying them: the bytes are
+        then held once); the OS page cache keeps them, and a later read faults them back in."""
+        page = mmap.PAGESIZE
+        for name, _, _, offset, nbytes in self.tensor_infos:
+            start, stop = -(-offset // page) * page, (offset + nbytes) // page * page  # whole pages inside
+            if name in names and stop > start and hasattr(self._mapped, "madvise"):
+                self._mapped.madvise(mmap.MADV_DONTNEED, start, stop - start)
 
     def _dequantize(self, name: str, type_id: int, shape: tuple[int, ...], offset: int, nbytes: int) -> torch.Tensor:
         raw = np.frombuffer(self._mapped, dtype=np.uint8, count=nbytes, offset=offset)
@@ -276,9 +298,7 @@ def read_gguf(path: str | os.PathLike) -> GGUFCheckpoint:
     return GGUFCheckpoint(path, metadata, tensor_infos, mapped, data_start)
 
 
-# ---------------------------------------------------------------------------------------------
-# Config (transformers' GGUF_CONFIG_MAPPING for llama)
-# ---------------------------------------------------------------------------------------------
+# -- Config (transformers' GGUF_CONFIG_MAPPING for llama) --
 _LLAMA_KEYS = {
     "context_length": "max_position_embeddings",
     "block_count": "num_hidden_layers",
@@ -334,9 +354,7 @@ def _llama_config(checkpoint: GGUFCheckpoint) -> dict[str, Any]:
     return config
 
 
-# ---------------------------------------------------------------------------------------------
-# Locating the file: `from_pretrained(path.gguf)` or `from_pretrained(folder_or_repo, gguf_file=name)`
-# ---------------------------------------------------------------------------------------------
+# -- Locating the file: `from_pretrained(path.gguf)` or `from_pretrained(folder_or_repo, gguf_file=name)` --
 def resolve_gguf_file(
     name_or_path: str | os.PathLike,
     gguf_file: str | os.PathLike | None = None,

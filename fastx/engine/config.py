@@ -25,9 +25,11 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     seed: int = 0
     enforce_eager: bool = False  # CUDA: run decode steps eagerly instead of replaying captured graphs (vLLM's)
+    num_threads: int | None = None  # CPU: torch's intra-op threads; None = the idle cores (fastx.engine.threads)
 
     def __post_init__(self) -> None:
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
             check_positive_int(name, getattr(self, name))
         check_positive_int("num_kv_blocks", self.num_kv_blocks, optional=True)
+        check_positive_int("num_threads", self.num_threads, optional=True)
         check_positive_int("kv_cache_memory", self.kv_cache_memory, optional=True, what="a positive number of bytes")

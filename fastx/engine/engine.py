@@ -23,6 +23,7 @@ from fastx.engine.sampler import SampleResult, sample
 from fastx.engine.sampling_params import SamplingParams
 from fastx.engine.scheduler import Scheduler
 from fastx.engine.sequence import Sequence
+from fastx.engine.threads import configure_threads
 from fastx.processing.detokenizer import IncrementalDetokenizer
 
 __all__ = ["Engine", "EngineConfig", "EngineStats", "Request"]
@@ -103,6 +104,8 @@ class Engine:
             max_model_len=self.max_model_len,
             enforce_eager=config.enforce_eager,
         )
+        # CPU: one thread per idle core, chosen before the warm-up step runs (fastx.engine.threads)
+        self.num_threads = configure_threads(config.num_threads) if model.device.type == "cpu" else None
         self.runner.warm_up()
         # Unseeded requests draw their sampling seed from here: the engine's seed fixes every sample.
         self._seeds = random.Random(config.seed)

@@ -96,6 +96,8 @@ class LLM:
         pack_weights: bool = False,
         enforce_eager: bool = False,
         tensor_parallel_size: int = 1,
+        num_threads: int | None = None,
+        quantization: str | None = None,
     ):
         """`pack_weights`: float32 CPU models only; adds a oneDNN-packed copy of every projection
         weight, so batches of 3 or more sequences and prefills run ~1.6x faster, for twice the
@@ -103,6 +105,15 @@ class LLM:
 
         `enforce_eager` (vLLM's): on CUDA, run decode steps eagerly instead of replaying the CUDA
         graphs captured per batch bucket when the engine starts.
+
+        `num_threads`: on the CPU, torch's intra-op threads; None = one per core that other processes
+        leave idle when the engine starts (fastx.engine.threads), so a busy core does not stall decoding.
+
+        A `.gguf` model: `dtype="auto"` keeps its block-quantized weights as blocks (fastx.ops.quant_linear),
+        a float `dtype` dequantizes them to it, and None keeps them where that pays: on CUDA, and on a CPU
+        when the fp32 weights would not fit in memory (fastx.models.gguf_blocks.keeps_blocks_by_default).
+        `quantization="int8"` (CPU): every projection through torch's dynamic int8 GEMM
+        (fastx.ops.int8_linear), approximate.
 
         `tensor_parallel_size` N > 1 (vLLM's): the model is split across N processes of this machine
         (one GPU or one share of the CPU cores each; workers started here), or across the processes
@@ -118,10 +129,13 @@ class LLM:
             enable_prefix_caching=enable_prefix_caching,
             seed=seed,
             enforce_eager=enforce_eager,
+            num_threads=num_threads,
         )
         self.tensor_parallel = None
         sharded = contextlib.nullcontext()
         check_positive_int("tensor_parallel_size", tensor_parallel_size)
+        if tensor_parallel_size > 1 and quantization is not None:
+            raise ValueError(f"quantization={quantization!r}: not available with tensor_parallel_size > 1")
         if tensor_parallel_size > 1:
             self.tensor_parallel = _start_tensor_parallel(
                 model, tensor_parallel_size, dtype, device, revision, pack_weights
@@ -130,19 +144,26 @@ class LLM:
             sharded = building(self.tensor_parallel.shard)
         try:
             with sharded:
-                self._load(model, dtype, device, revision, tokenizer, skip_tokenizer_init, pack_weights, engine_config)
+                loading = {"dtype": dtype, "device": device, "revision": revision, "quantization": quantization}
+                self._load(model, loading, tokenizer, skip_tokenizer_init, pack_weights, engine_config)
         except BaseException:
             self.close()
             raise
 
-    def _load(self, model, dtype, device, revision, tokenizer, skip_tokenizer_init, pack_weights, engine_config):
+    def _load(self, model, loading: dict, tokenizer, skip_tokenizer_init, pack_weights, engine_config):
         from fastx.checkpoints.gguf import read_gguf, resolve_gguf_file
         from fastx.models import AutoModelForCausalLM
         from fastx.ops.linear import pack_linear_weights
         from fastx.processing.gguf_tokenizer import load_gguf_tokenizer
 
+        dtype, device, revision, quantization = (loading[k] for k in ("dtype", "device", "revision", "quantization"))
         gguf = None
         if isinstance(model, torch.nn.Module):
+            if quantization is not None:
+                raise ValueError(
+                    "quantization: applies to a model LLM loads itself; quantize a module with "
+                    "fastx.ops.int8_linear.quantize_int8"
+                )
             self.model = model
             source = getattr(model, "name_or_path", None)
         else:
@@ -152,10 +173,12 @@ class LLM:
             gguf_path = resolve_gguf_file(model)
             if gguf_path is not None:  # parsed once: the model and its tokenizer come from the same header
                 gguf = read_gguf(gguf_path)
-                self.model = AutoModelForCausalLM.from_gguf(gguf, dtype=dtype, device=device)
+                self.model = AutoModelForCausalLM.from_gguf(gguf, dtype=dtype, device=device, quantization=quantization)
                 self.model.name_or_path = str(model)
             else:
-                self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, device=device, revision=revision)
+                self.model = AutoModelForCausalLM.from_pretrained(
+                    model, dtype=dtype, device=device, revision=revision, quantization=quantization
+                )
         if pack_weights:
             pack_linear_weights(self.model)
         if skip_tokenizer_init:

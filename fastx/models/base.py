@@ -29,6 +29,7 @@ from fastx.checkpoints.safetensors import (
 from fastx.distributed.layers import current_shard
 from fastx.models.config import config_from_dict
 from fastx.models.dtypes import resolve_dtype
+from fastx.models.gguf_blocks import keep_gguf_blocks, keeps_blocks_by_default
 from fastx.models.placement import resolve_device
 
 
@@ -99,23 +100,28 @@ class PreTrainedModel(nn.Module):
         torch_dtype: torch.dtype | str | None = None,
         gguf_file: str | os.PathLike | None = None,
         device_map: str | int | dict | torch.device | None = None,
+        quantization: str | None = None,
     ):
         """Load a checkpoint (Hub repo id, local folder or .gguf file) ready for inference (eval mode, no grads).
 
-        `device_map` takes transformers' single-device forms ("auto", "cuda:1", {"": "cpu"}, ...)."""
+        `device_map` takes transformers' single-device forms ("auto", "cuda:1", {"": "cpu"}, ...).
+        `quantization="int8"`: CPU only, every projection through torch's dynamic int8 GEMM
+        (fastx.ops.int8_linear; approximate), from fp32 weights (a GGUF is dequantized to fp32 first)."""
         dtype = dtype if dtype is not None else torch_dtype
         device = resolve_device(device, device_map)
+        _check_quantization(quantization)
         # GGUF (llama.cpp's single file): a path to the .gguf, or a folder / repo id with gguf_file=name.
         hub = {"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
         gguf_path = resolve_gguf_file(name_or_path, gguf_file, **hub)
         if gguf_path is not None:
-            model = cls.from_gguf(read_gguf(gguf_path), dtype=dtype, device=device)
+            model = cls.from_gguf(read_gguf(gguf_path), dtype=dtype, device=device, quantization=quantization)
         else:
             folder = resolve_checkpoint(name_or_path, **hub)
             config_path = folder / "config.json"
             data = read_json(config_path)
             config = config_from_dict(cls.config_class, data, str(config_path))
             model = cls._build(config, resolve_dtype(dtype, data, device), device, folder, gguf=None)
+            _apply_quantization(model, quantization)
         model.name_or_path = str(name_or_path)
         return model
 
@@ -126,6 +132,7 @@ class PreTrainedModel(nn.Module):
         dtype: torch.dtype | str | None = None,
         device: torch.device | str | None = None,
         device_map: str | int | dict | torch.device | None = None,
+        quantization: str | None = None,
     ):
         """Load from a GGUF file already parsed by read_gguf (its metadata is the config)."""
         from fastx.models.auto import MODEL_TYPES
@@ -137,17 +144,31 @@ class PreTrainedModel(nn.Module):
                 f"{checkpoint.path}: a GGUF {data['model_type']} checkpoint cannot load into {cls.__name__}"
             )
         config = config_from_dict(cls.config_class, data, str(checkpoint.path))
-        model = cls._build(config, resolve_dtype(dtype, data, device), device, checkpoint.path, gguf=checkpoint)
+        # dtype names the weights' dtype, as in transformers: a float dtype dequantizes every tensor to
+        # it; "auto" (the checkpoint's own) keeps block-quantized weights as the file's blocks; None keeps
+        # them where that pays (fastx.models.gguf_blocks.keeps_blocks_by_default).
+        _check_quantization(quantization)
+        if quantization == "int8" and dtype is None:
+            dtype = torch.float32  # int8 GEMMs quantize fp32 weights
+        shard_size = current_shard().size
+        keep_blocks = (dtype == "auto" and shard_size == 1) or (
+            dtype is None and keeps_blocks_by_default(checkpoint, torch.device(device), shard_size)
+        )
+        resolved = resolve_dtype(dtype, data, device)
+        model = cls._build(config, resolved, device, checkpoint.path, gguf=checkpoint, keep_blocks=keep_blocks)
+        _apply_quantization(model, quantization)
         model.name_or_path = str(checkpoint.path)
         return model
 
     @classmethod
-    def _build(cls, config, dtype: torch.dtype, device, folder: Path, gguf: GGUFCheckpoint | None):
-        """Build on the meta device (no memory, no init), then read every weight once onto `device`."""
+    def _build(cls, config, dtype: torch.dtype, device, folder: Path, gguf: GGUFCheckpoint | None, keep_blocks=False):
+        """Build on the meta device (no memory, no init), then read every weight once onto `device`
+        (a GGUF's block-quantized weights kept as blocks with `keep_blocks`: fastx.models.gguf_blocks)."""
         device = torch.device(device) if device is not None else torch.device("cpu")
         with torch.device("meta"), _skip_weight_init():
             model = cls(config)
-        model.load_checkpoint(folder, dtype, device, gguf=gguf)
+        kept = keep_gguf_blocks(model, gguf, dtype, device) if keep_blocks and gguf is not None else set()
+        model.load_checkpoint(folder, dtype, device, gguf=gguf, exclude=kept)
         return model.eval().requires_grad_(False)
 
     # -- loading --------------------------------------------------------------------------------
@@ -172,11 +193,12 @@ class PreTrainedModel(nn.Module):
         return None
 
     def _checkpoint_entries(
-        self, folder: Path, dtype: torch.dtype, gguf, destinations: dict[str, torch.Tensor]
+        self, folder: Path, dtype: torch.dtype, gguf, destinations: dict[str, torch.Tensor], exclude=()
     ) -> Iterator[tuple[Path, str, torch.Tensor]]:
-        """(file, name, tensor) of every checkpoint tensor: safetensors files, or one GGUF (fastx.checkpoints.gguf)."""
+        """(file, name, tensor) of every checkpoint tensor: safetensors files, or one GGUF (fastx.checkpoints.gguf)
+        less the GGUF tensors named in `exclude`."""
         if gguf is not None:
-            yield from ((gguf.path, name, tensor) for name, tensor in gguf.tensors(dtype))
+            yield from ((gguf.path, name, tensor) for name, tensor in gguf.tensors(dtype, exclude))
             return
 
         def is_packed_piece(name: str) -> bool:  # read as a copy: it is concatenated right away
@@ -230,13 +252,13 @@ class PreTrainedModel(nn.Module):
                 offset += shape[0]
         return slices, fused
 
-    def load_checkpoint(self, folder: Path, dtype: torch.dtype, device: torch.device, gguf=None) -> None:
+    def load_checkpoint(self, folder: Path, dtype: torch.dtype, device: torch.device, gguf=None, exclude=()) -> None:
         params = dict(self.named_parameters())
         top_level = {n.split(".")[0] for n in params}
         pieces: dict[str, dict[int, torch.Tensor]] = {}
         loaded: set[str] = set()
         slices, fused = self._fused_destinations(folder, dtype, params) if gguf is None else ({}, {})
-        for file, raw_name, raw_tensor in self._checkpoint_entries(folder, dtype, gguf, slices):
+        for file, raw_name, raw_tensor in self._checkpoint_entries(folder, dtype, gguf, slices, exclude):
             if any(re.search(p, raw_name) for p in self.ignored_checkpoint_keys):
                 continue
             for name, tensor in self.checkpoint_tensors(raw_name, raw_tensor):
@@ -327,6 +349,21 @@ class PreTrainedModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
+
+
+QUANTIZATIONS = ("int8",)
+
+
+def _check_quantization(quantization) -> None:
+    if quantization is not None and quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization: expected None or one of {QUANTIZATIONS}, got {quantization!r}")
+
+
+def _apply_quantization(model, quantization) -> None:
+    if quantization == "int8":
+        from fastx.ops.int8_linear import quantize_int8
+
+        quantize_int8(model)
 
 
 class GenerationMixin:

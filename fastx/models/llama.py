@@ -32,6 +32,7 @@ from fastx.models.attention import AttentionMetadata, causal_attention
 from fastx.models.base import GenerationMixin, PreTrainedModel
 from fastx.models.llama_config import LlamaConfig, rope_cache
 from fastx.models.outputs import BaseModelOutput, CausalLMOutput
+from fastx.ops.quant_linear import QuantizedEmbedding, QuantizedLinear
 
 
 class LlamaRMSNorm(nn.Module):
@@ -243,7 +244,10 @@ class LlamaForCausalLM(GenerationMixin, _LlamaBase):
         if not self.config.tie_word_embeddings:
             return
         embed = self.model.embed_tokens
-        if embed.weight.is_meta and not self.lm_head.weight.is_meta:
+        if isinstance(embed, QuantizedEmbedding):  # GGUF blocks kept: the head reads the same blocks
+            buffers = [m.buffer for m in self.modules() if isinstance(m, QuantizedLinear)]
+            self.lm_head = embed.as_linear(buffers[0] if buffers else None)
+        elif embed.weight.is_meta and not self.lm_head.weight.is_meta:
             embed.weight = self.lm_head.weight  # the checkpoint kept the shared matrix under the head's name only
         else:
             self.lm_head.weight = embed.weight
