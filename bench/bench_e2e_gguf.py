@@ -42,7 +42,9 @@ def engines(smollm2_gguf):
     # the same count for every engine: what fastx picks on this machine now (shared machines: often 1)
     threads = int(os.environ.get("FASTX_BENCH_THREADS", 0)) or choose_num_threads()
     out = {
-        "fastx_quantized": LLM(str(smollm2_gguf), dtype="auto", device="cpu", kv_cache_memory=256 << 20, num_threads=threads),
+        "fastx_quantized": LLM(
+            str(smollm2_gguf), dtype="auto", device="cpu", kv_cache_memory=256 << 20, num_threads=threads
+        ),
         "fastx_dequantized": LLM(
             str(smollm2_gguf), dtype="float32", device="cpu", kv_cache_memory=256 << 20, num_threads=threads
         ),
