@@ -90,7 +90,7 @@ def _default_name(model: str) -> str:
 
 
 def _build(args):
-    """Load what is served; returns the app and a one-line description."""
+    """Load what is served; returns the app, a one-line description and the engine loop (None: encoder only)."""
     from fastx.checkpoints.defaults import default_generation_model
     from fastx.engine.llm import LLM
     from fastx.serve.app import ServedModels, build_app
@@ -129,7 +129,8 @@ def _build(args):
         if embedding_name in served.names():
             raise UsageError(f"--embedding-model: its name {embedding_name!r} is the generation model's too")
         served.embedder, served.embedding_name = Embedder(embedding, default_device()), embedding_name
-    return build_app(served), ", ".join(served.names())
+    bridge = served.generation.bridge if served.generation is not None else None
+    return build_app(served), ", ".join(served.names()), bridge
 
 
 def run(args) -> int:
@@ -146,8 +147,41 @@ def run(args) -> int:
         raise ImportError(f'fastx serve needs {", ".join(missing)}: pip install "fastx[serve]"')
     import uvicorn
 
-    app, names = _build(args)
+    app, names, bridge = _build(args)
     sys.stderr.write(f"{PROG}: serving {names} on http://{args.host}:{args.port}/v1\n")
     sys.stderr.flush()
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
-    return 0
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    if bridge is None:  # an encoder alone: its batches run in uvicorn's worker threads
+        server.run()
+        return 0 if server.started else 1
+    return _serve_with_engine_on_main_thread(server, bridge)
+
+
+def _serve_with_engine_on_main_thread(server, bridge) -> int:
+    """uvicorn on a thread, the engine loop on this (main) thread: see EngineLoop.claim_current_thread.
+
+    uvicorn installs no signal handlers off the main thread, so SIGINT and SIGTERM are taken here
+    and do what its own handlers do: a graceful shutdown, after which the loop stops (the app's
+    lifespan calls bridge.stop()). If the HTTP side ends on its own (the port is taken), the loop
+    stops too and the exit status is 1."""
+    import signal
+    import threading
+
+    def serve_http() -> None:
+        try:
+            server.run()
+        finally:
+            bridge.stop()
+
+    def shut_down(signum, frame) -> None:
+        server.should_exit = True
+
+    bridge.claim_current_thread()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, shut_down)
+    http = threading.Thread(target=serve_http, name="fastx-http")
+    http.start()
+    bridge.run_here()
+    http.join()
+    return 0 if server.started else 1

@@ -147,14 +147,21 @@ class Generation:
     async def collect(self, handle: RequestHandle, is_disconnected) -> tuple[dict[int, _Choice], Usage]:
         """Await the request to its end; abort it if the client leaves first."""
         choices: dict[int, _Choice] = {}
+        # Checked every DISCONNECT_POLL_S whether updates come faster than that or not: a check
+        # only while waiting would never run when every step ends within the poll interval.
+        next_check = time.monotonic() + DISCONNECT_POLL_S
         try:
             while True:
                 task = asyncio.ensure_future(handle.next())
-                while not task.done():
-                    await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
-                    if not task.done() and await is_disconnected():
-                        task.cancel()
-                        raise ClientGone()
+                while True:
+                    await asyncio.wait({task}, timeout=max(next_check - time.monotonic(), 0))
+                    if time.monotonic() >= next_check:
+                        next_check = time.monotonic() + DISCONNECT_POLL_S
+                        if await is_disconnected():
+                            task.cancel()
+                            raise ClientGone()
+                    if task.done():
+                        break
                 update = task.result()
                 for delta in update.deltas:
                     self._accumulate(choices.setdefault(delta.choice, _Choice()), delta)
