@@ -3,6 +3,7 @@ the model and sampling flags of `generate` and `chat` (fastx.cli.llm_flags)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -226,15 +227,14 @@ def load_llm(args):
 
     from fastx import LLM
     from fastx.checkpoints.defaults import default_generation_model
+    from fastx.models.loading_progress import loading_progress
 
     device = _check_llm_flags(args)
     model = args.model or default_generation_model()
     live = not args.quiet and sys.stderr.isatty()
-    if live:  # replaced by the outcome, so a failed load leaves only the error line
-        sys.stderr.write(f"{PROG}: loading {model} on {device} ...")
-        sys.stderr.flush()
+    bar = _loading_bar(model, device) if live else contextlib.nullcontext(None)
     start = time.perf_counter()
-    try:
+    with bar as progress, loading_progress(progress) if progress else contextlib.nullcontext():
         llm = LLM(
             model,
             device=device,
@@ -243,13 +243,26 @@ def load_llm(args):
             pack_weights=args.pack_weights,
             tensor_parallel_size=args.tensor_parallel_size,
         )
-    finally:
-        if live:
-            sys.stderr.write("\r\033[K")
     if not args.quiet:
         dtype = str(llm.model.dtype).removeprefix("torch.")
         note(f"loaded {model} on {device} ({dtype}) in {time.perf_counter() - start:.1f} s")
     return llm
+
+
+@contextlib.contextmanager
+def _loading_bar(model: str, device: str):
+    """A progress bar over the checkpoint's tensors on stderr, removed when the load ends (either way),
+    so a failed load leaves only the error line and a finished one only the "loaded" line."""
+    from tqdm.auto import tqdm
+
+    with tqdm(desc=f"{PROG}: loading {os.path.basename(model)} on {device}", unit=" tensors", leave=False) as bar:
+
+        def update(done: int, total: int | None) -> None:
+            if total is not None and bar.total != total:
+                bar.total = total
+            bar.update(done - bar.n)
+
+        yield update
 
 
 def chat_messages(system: str | None, turns: list[dict]) -> list[dict]:

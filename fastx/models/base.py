@@ -30,6 +30,7 @@ from fastx.distributed.layers import current_shard
 from fastx.models.config import config_from_dict
 from fastx.models.dtypes import resolve_dtype
 from fastx.models.gguf_blocks import keep_gguf_blocks, keeps_blocks_by_default
+from fastx.models.loading_progress import tracked
 from fastx.models.placement import resolve_device
 
 
@@ -209,6 +210,13 @@ class PreTrainedModel(nn.Module):
             entries = iter_safetensors(file, dtype, is_packed_piece, destinations.get)
             yield from ((file, name, tensor) for name, tensor in entries)
 
+    @staticmethod
+    def _checkpoint_size(folder: Path, gguf, exclude=()) -> int:
+        """How many tensors _checkpoint_entries yields (for a progress bar)."""
+        if gguf is not None:
+            return len(gguf.tensor_infos) - len(exclude)
+        return sum(len(read_safetensors_header(file)) for file in checkpoint_files(folder))
+
     def _fused_destinations(
         self, folder: Path, dtype: torch.dtype, params
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -258,7 +266,8 @@ class PreTrainedModel(nn.Module):
         pieces: dict[str, dict[int, torch.Tensor]] = {}
         loaded: set[str] = set()
         slices, fused = self._fused_destinations(folder, dtype, params) if gguf is None else ({}, {})
-        for file, raw_name, raw_tensor in self._checkpoint_entries(folder, dtype, gguf, slices, exclude):
+        entries = self._checkpoint_entries(folder, dtype, gguf, slices, exclude)
+        for file, raw_name, raw_tensor in tracked(entries, lambda: self._checkpoint_size(folder, gguf, exclude)):
             if any(re.search(p, raw_name) for p in self.ignored_checkpoint_keys):
                 continue
             for name, tensor in self.checkpoint_tensors(raw_name, raw_tensor):

@@ -61,6 +61,7 @@ def smollm2(cli):
 def test_chat_turns_history_ctrl_c_and_exit(cli, tmp_path, smollm2):
     term = Terminal(["-n", 24, "--system", "You are a helpful assistant."], tmp_path, cli.env())
     try:
+        term.expect(" tensors")  # the loading bar, on a terminal
         term.expect("/exit or Ctrl-D quits")
         term.expect("> ")
         term.send("My name is Ada. Reply with one word: hello.\n")

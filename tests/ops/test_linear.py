@@ -15,9 +15,11 @@ from fastx.ops.linear import (
 )
 
 
+@pytest.mark.parametrize("form", ["auto", "transposed", "linear"])
 @pytest.mark.parametrize("rows", [0, 1, 2, 3, 7, 9, 15, 16, 17, TRANSPOSED_ROWS.stop - 1, TRANSPOSED_ROWS.stop])
 @pytest.mark.parametrize("bias", [False, True])
-def test_linear_equals_f_linear(rows, bias):
+def test_linear_equals_f_linear(rows, bias, form, monkeypatch):
+    monkeypatch.setenv("FASTX_CPU_GEMM_FORM", form)  # auto: whichever this CPU timed faster
     x = torch.randn(rows, 40)
     w = torch.randn(24, 40)
     b = torch.randn(24) if bias else None
@@ -76,3 +78,23 @@ def test_pack_linear_weights_packs_every_projection_and_refuses_other_dtypes():
     assert "packed_weight" not in " ".join(model.state_dict())  # checkpoints never see the copy
     with pytest.raises(ValueError, match="pack_weights: expected a float32 model on the CPU, got torch.bfloat16"):
         pack_linear_weights(torch.nn.Sequential(Linear(8, 8)).bfloat16())
+
+
+def test_each_case_is_timed_once_and_the_choice_kept(monkeypatch):
+    import importlib
+
+    linear_module = importlib.import_module("fastx.ops.linear")  # fastx.ops.linear the attribute is the function
+    monkeypatch.setattr(linear_module, "_FORM_CHOICE", {})
+    timed = []
+    real = linear_module._time_forms
+    monkeypatch.setattr(linear_module, "_time_forms", lambda *a: timed.append(a[0].shape) or real(*a))
+    x, w = torch.randn(3, 40), torch.randn(24, 40)
+    first = [linear(x, w) for _ in range(4)]
+    assert timed == [(3, 40)] and list(linear_module._FORM_CHOICE) == [(24, 40, 3, False)]
+    assert all(torch.equal(first[0], out) for out in first[1:])  # one form for the process: the same bits
+
+
+def test_a_bad_form_setting_is_refused(monkeypatch):
+    monkeypatch.setenv("FASTX_CPU_GEMM_FORM", "fastest")
+    with pytest.raises(ValueError, match="FASTX_CPU_GEMM_FORM: expected auto, linear or transposed"):
+        linear(torch.randn(2, 40), torch.randn(24, 40))
