@@ -1,11 +1,14 @@
 """`fastx chat` through a pseudo-terminal, as a person types: streamed turns, history, Ctrl-C, /exit, EOF."""
 
+import fcntl
 import os
 import pty
 import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 
 import pytest
@@ -16,6 +19,8 @@ class Terminal:
 
     def __init__(self, args, cwd, env):
         self.master, slave = pty.openpty()
+        # 24 x 80, as a terminal window has: a new pty is 0 x 0, and tqdm draws a 0-column bar there.
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fastx", "chat", *map(str, args)],
             stdin=slave,
