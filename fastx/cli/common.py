@@ -178,7 +178,7 @@ def add_sampling_arguments(parser, max_tokens: int) -> None:
 
 def sampling_params(args):
     """SamplingParams from the flags, before the model loads; a bad value is a usage error naming the flag."""
-    from fastx.engine.sampling_params import SamplingParams
+    from fastx.engine.sampling_params import SamplingParams, SamplingParamsError
 
     if args.max_tokens == 0 or args.max_tokens < -1:
         raise UsageError(f"--max-tokens: expected an integer >= 1, or -1 for no limit, got {args.max_tokens}")
@@ -192,13 +192,9 @@ def sampling_params(args):
             stop=args.stop or None,
             seed=args.seed,
         )
-    except ValueError as exc:
-        message = str(exc)
-        if message.startswith("SamplingParams."):
-            field, _, rest = message.removeprefix("SamplingParams.").partition(":")
-            # Every flag here takes a value: "or None" (the Python API's unset) cannot be typed.
-            message = f"--{field.replace('_', '-')}:{rest.replace(' or None', '')}"
-        raise UsageError(message) from None
+    except SamplingParamsError as exc:
+        # Every flag here takes a value: "or None" (the Python API's unset) cannot be typed.
+        raise UsageError(f"--{exc.field.replace('_', '-')}: {exc.reason.replace(' or None', '')}") from None
 
 
 def _check_llm_flags(args) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from fastx.engine.engine import Engine, EngineConfig
-from fastx.engine.sampling_params import SamplingParams
+from fastx.engine.sampling_params import SamplingParams, SamplingParamsError
 
 DEFAULT_MAX_LENGTH = 20  # transformers' GenerationConfig.max_length
 
@@ -93,8 +93,5 @@ _ARGUMENT_NAMES = {"max_tokens": "max_new_tokens", "min_tokens": "min_new_tokens
 def _sampling_params(**fields) -> SamplingParams:
     try:
         return SamplingParams(**fields)
-    except ValueError as exc:
-        message = str(exc)
-        for field, argument in _ARGUMENT_NAMES.items():
-            message = message.replace(f"SamplingParams.{field}:", f"{argument}:")
-        raise ValueError(message.replace("SamplingParams.", "")) from None
+    except SamplingParamsError as exc:
+        raise ValueError(f"{_ARGUMENT_NAMES.get(exc.field, exc.field)}: {exc.reason}") from None

@@ -6,6 +6,16 @@ import math
 from dataclasses import dataclass, field
 
 
+class SamplingParamsError(ValueError):
+    """A bad SamplingParams field; `field` and `reason` let a front end name its own argument
+    (`--max-tokens`, `max_new_tokens`, the request's `max_tokens`) without parsing the message."""
+
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"SamplingParams.{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
 @dataclass
 class SamplingParams:
     n: int = 1
@@ -29,7 +39,7 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         def fail(name, expected, got):
-            raise ValueError(f"SamplingParams.{name}: expected {expected}, got {got!r}")
+            raise SamplingParamsError(name, f"expected {expected}, got {got!r}")
 
         def is_int(x):
             return isinstance(x, int) and not isinstance(x, bool)
