@@ -7,6 +7,7 @@ targets in brackets):
   including EOS per wall second) [>= 2x llama.cpp];
 - resident memory: each engine loaded in a fresh subprocess, RSS after one generation minus RSS after
   the imports, beside fastx's summed tensor bytes, against the file size [<= 1.15x];
+- int8 and int4 (`quantization=`): logit cosine and greedy agreement against fp32, batch-1 decode;
 - CPU routes: one decode step's GEMMs alone at one row (every projection and the LM head): fp32 on the
   dense weight, dequantize-then-fp32 (fastx's exact quantized path), fbgemm's dynamic int8 GEMM and
   torch's int4 CPU GEMM (inexact routes, speed only);
@@ -47,6 +48,10 @@ def engines(smollm2_gguf):
         ),
         "fastx_dequantized": LLM(
             str(smollm2_gguf), dtype="float32", device="cpu", kv_cache_memory=256 << 20, num_threads=threads
+        ),
+        # the fastest fastx CPU route: the file's 4-bit values through torch's int4 GEMM (approximate)
+        "fastx_int4": LLM(
+            str(smollm2_gguf), quantization="int4", device="cpu", kv_cache_memory=256 << 20, num_threads=threads
         ),
     }
     if LLAMA_CPP:
@@ -117,10 +122,11 @@ def test_decode_and_throughput(benchmark, engines, alternate):
         rates["throughput_tok_s_fastx_quantized"] / rates["throughput_tok_s_fastx_dequantized"]
     )
     if "llama_cpp" in llms:
-        rates["decode_ratio_quantized_over_llama_cpp"] = q / rates["decode_tok_s_llama_cpp"]
-        rates["throughput_ratio_quantized_over_llama_cpp"] = (
-            rates["throughput_tok_s_fastx_quantized"] / rates["throughput_tok_s_llama_cpp"]
-        )
+        for name in ("fastx_quantized", "fastx_dequantized", "fastx_int4"):
+            for kind in ("decode", "throughput"):
+                rates[f"{kind}_ratio_{name}_over_llama_cpp"] = (
+                    rates[f"{kind}_tok_s_{name}"] / rates[f"{kind}_tok_s_llama_cpp"]
+                )
     else:
         rates["llama_cpp"] = LLAMA_CPP_SKIP
     benchmark.extra_info.update({"threads": threads, **rates})
@@ -323,13 +329,16 @@ def _wait_policy_rows(path, threads):
     return rows
 
 
-def test_int8_error_and_speed(benchmark, engines, smollm2_gguf, alternate):
-    """quantization="int8" against fp32 on the same file: logit cosine, greedy agreement, batch-1 decode."""
+@pytest.mark.parametrize("quantization", ["int8", "int4"])
+def test_quantization_error_and_speed(benchmark, engines, smollm2_gguf, alternate, quantization):
+    """quantization= against fp32 on the same file: logit cosine, greedy agreement, batch-1 decode."""
     from fastx import LLM, SamplingParams
 
     llms, threads = engines
     dense = llms["fastx_dequantized"]
-    int8 = LLM(str(smollm2_gguf), quantization="int8", device="cpu", kv_cache_memory=256 << 20, num_threads=threads)
+    quantized = LLM(
+        str(smollm2_gguf), quantization=quantization, device="cpu", kv_cache_memory=256 << 20, num_threads=threads
+    )
     tok = dense.get_tokenizer()
     prompts = [
         tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True) for q in QUESTIONS[:4]
@@ -337,29 +346,30 @@ def test_int8_error_and_speed(benchmark, engines, smollm2_gguf, alternate):
     cosines = []
     for ids in prompts:
         x = torch.tensor([ids])
-        a, b = int8.model(x).logits.flatten(), dense.model(x).logits.flatten()
+        a, b = quantized.model(x).logits.flatten(), dense.model(x).logits.flatten()
         cosines.append(torch.nn.functional.cosine_similarity(a, b, dim=0).item())
     params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
     agree = []
     for ids in prompts:
         mine, ref = (
             llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False)[0].outputs[0].token_ids
-            for llm in (int8, dense)
+            for llm in (quantized, dense)
         )
         same = next((i for i, (p, q) in enumerate(zip(mine, ref)) if p != q), len(ref))
         agree.append(same / len(ref))  # the greedy prefix that equals fp32's, as a fraction of 32 tokens
     runs = alternate(
-        {"int8": _fastx_decode(int8, prompts[0]), "fp32": _fastx_decode(dense, prompts[0])},
+        {quantization: _fastx_decode(quantized, prompts[0]), "fp32": _fastx_decode(dense, prompts[0])},
         1 if benchmark.disabled else 2,
     )
     rates = {name: max(n / t for t, n in r) for name, r in runs.items()}
     info = {
+        "quantization": quantization,
         "threads": threads,
         "logit_cosine_min": min(cosines),
         "greedy_prefix_agreement": agree,
-        "decode_tok_s_int8": rates["int8"],
+        f"decode_tok_s_{quantization}": rates[quantization],
         "decode_tok_s_fp32": rates["fp32"],
-        "decode_ratio_int8_over_fp32": rates["int8"] / rates["fp32"],
+        f"decode_ratio_{quantization}_over_fp32": rates[quantization] / rates["fp32"],
     }
     benchmark.extra_info.update(info)
     print(json.dumps(info, indent=1))

@@ -121,10 +121,13 @@ def rerun_under_interpreter(argv: list[str]) -> int:
 # Names and meanings follow vLLM's (`--dtype`, `--top-k`, `--repetition-penalty`) and llama.cpp's
 # (`-n`/`--n-predict`, `--threads`, `--system-prompt`, `--repeat-penalty`) where they have one.
 DTYPE_CHOICES = ("auto", "float32", "float", "float16", "half", "bfloat16")
+# fastx.models.quantization.QUANTIZATIONS, spelled out so that parsing flags imports no torch (a test keeps them equal)
+QUANTIZATIONS = ("int8", "int4")
+QUANTIZATION_HELP = "CPU: int8 / int4 weight-only GEMMs, faster decode, approximate (int4 keeps a GGUF's 4-bit values)"
 
 
 def add_llm_arguments(parser) -> None:
-    """--model, --device, --dtype, --threads, --pack-weights, --seed, --quiet: loading the model."""
+    """--model, --device, --dtype, --threads, --quantization, --pack-weights, --seed, --quiet: loading the model."""
     parser.add_argument(
         "--model", "-m", help="Hub id, checkpoint folder or .gguf file (default: SmolLM2-135M-Instruct)"
     )
@@ -136,6 +139,7 @@ def add_llm_arguments(parser) -> None:
         help="weights' dtype (default: the device's: bf16 on CUDA and AMX CPUs, else fp32; auto: the checkpoint's)",
     )
     parser.add_argument("--threads", "-t", type=int, help="CPU threads for torch (torch.set_num_threads)")
+    parser.add_argument("--quantization", choices=QUANTIZATIONS, help=QUANTIZATION_HELP)
     parser.add_argument(
         "--pack-weights", action="store_true", help="fp32 on the CPU: oneDNN-packed weights, faster batches, 2x memory"
     )
@@ -238,6 +242,7 @@ def load_llm(args):
             seed=args.seed or 0,
             pack_weights=args.pack_weights,
             tensor_parallel_size=args.tensor_parallel_size,
+            quantization=args.quantization,
         )
     if not args.quiet:
         dtype = str(llm.model.dtype).removeprefix("torch.")

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from fastx.cli.common import PROG, UsageError, default_device
+from fastx.cli.common import PROG, QUANTIZATION_HELP, QUANTIZATIONS, UsageError, default_device
 
 NAME = "serve"
 HELP = "OpenAI-compatible server (needs the serve extra)"
@@ -48,6 +48,7 @@ def add_arguments(parser) -> None:
         "--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True, help="share prompt prefixes"
     )
     engine.add_argument("--pack-weights", action="store_true", help="CPU fp32: oneDNN-packed projection weights")
+    engine.add_argument("--quantization", choices=QUANTIZATIONS, help=QUANTIZATION_HELP)
     engine.add_argument(
         "--tensor-parallel-size", type=int, default=1, help="split the model across N processes, one GPU each (1)"
     )
@@ -121,6 +122,7 @@ def _build(args):
             seed=args.seed,
             pack_weights=args.pack_weights,
             tensor_parallel_size=args.tensor_parallel_size,
+            quantization=args.quantization,
         )
         bridge = EngineLoop(llm.engine, served.metrics, args.max_waiting_requests)
         served.generation = Generation(bridge, llm.get_tokenizer(), name)

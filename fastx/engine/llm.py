@@ -112,8 +112,8 @@ class LLM:
         A `.gguf` model: `dtype="auto"` keeps its block-quantized weights as blocks (fastx.ops.quant_linear),
         a float `dtype` dequantizes them to it, and None keeps them where that pays: on CUDA, and on a CPU
         when the fp32 weights would not fit in memory (fastx.models.gguf_blocks.keeps_blocks_by_default).
-        `quantization="int8"` (CPU): every projection through torch's dynamic int8 GEMM
-        (fastx.ops.int8_linear), approximate.
+        `quantization="int8"` / `"int4"` (CPU): the projections through torch's int8 / int4 weight-only
+        GEMMs (fastx.models.quantization), approximate; the fastest CPU decode.
 
         `tensor_parallel_size` N > 1 (vLLM's): the model is split across N processes of this machine
         (one GPU or one share of the CPU cores each; workers started here), or across the processes
@@ -162,7 +162,7 @@ class LLM:
             if quantization is not None:
                 raise ValueError(
                     "quantization: applies to a model LLM loads itself; quantize a module with "
-                    "fastx.ops.int8_linear.quantize_int8"
+                    "fastx.ops.int8_linear.quantize_int8 or fastx.ops.int4_linear.quantize_int4"
                 )
             self.model = model
             source = getattr(model, "name_or_path", None)

@@ -32,6 +32,7 @@ from fastx.models.dtypes import resolve_dtype
 from fastx.models.gguf_blocks import keep_gguf_blocks, keeps_blocks_by_default
 from fastx.models.loading_progress import tracked
 from fastx.models.placement import resolve_device
+from fastx.models.quantization import apply_quantization, check_quantization, gguf_dtype
 
 
 @contextlib.contextmanager
@@ -106,11 +107,11 @@ class PreTrainedModel(nn.Module):
         """Load a checkpoint (Hub repo id, local folder or .gguf file) ready for inference (eval mode, no grads).
 
         `device_map` takes transformers' single-device forms ("auto", "cuda:1", {"": "cpu"}, ...).
-        `quantization="int8"`: CPU only, every projection through torch's dynamic int8 GEMM
-        (fastx.ops.int8_linear; approximate), from fp32 weights (a GGUF is dequantized to fp32 first)."""
+        `quantization="int8"` / `"int4"`: CPU only, the projections through torch's weight-only int8 / int4
+        GEMMs (approximate; fastx.models.quantization)."""
         dtype = dtype if dtype is not None else torch_dtype
         device = resolve_device(device, device_map)
-        _check_quantization(quantization)
+        check_quantization(quantization)
         # GGUF (llama.cpp's single file): a path to the .gguf, or a folder / repo id with gguf_file=name.
         hub = {"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
         gguf_path = resolve_gguf_file(name_or_path, gguf_file, **hub)
@@ -122,7 +123,7 @@ class PreTrainedModel(nn.Module):
             data = read_json(config_path)
             config = config_from_dict(cls.config_class, data, str(config_path))
             model = cls._build(config, resolve_dtype(dtype, data, device), device, folder, gguf=None)
-            _apply_quantization(model, quantization)
+            apply_quantization(model, quantization)
         model.name_or_path = str(name_or_path)
         return model
 
@@ -148,16 +149,15 @@ class PreTrainedModel(nn.Module):
         # dtype names the weights' dtype, as in transformers: a float dtype dequantizes every tensor to
         # it; "auto" (the checkpoint's own) keeps block-quantized weights as the file's blocks; None keeps
         # them where that pays (fastx.models.gguf_blocks.keeps_blocks_by_default).
-        _check_quantization(quantization)
-        if quantization == "int8" and dtype is None:
-            dtype = torch.float32  # int8 GEMMs quantize fp32 weights
+        check_quantization(quantization)
+        dtype = gguf_dtype(quantization, dtype)
         shard_size = current_shard().size
         keep_blocks = (dtype == "auto" and shard_size == 1) or (
             dtype is None and keeps_blocks_by_default(checkpoint, torch.device(device), shard_size)
         )
         resolved = resolve_dtype(dtype, data, device)
         model = cls._build(config, resolved, device, checkpoint.path, gguf=checkpoint, keep_blocks=keep_blocks)
-        _apply_quantization(model, quantization)
+        apply_quantization(model, quantization)
         model.name_or_path = str(checkpoint.path)
         return model
 
@@ -358,21 +358,6 @@ class PreTrainedModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
-
-
-QUANTIZATIONS = ("int8",)
-
-
-def _check_quantization(quantization) -> None:
-    if quantization is not None and quantization not in QUANTIZATIONS:
-        raise ValueError(f"quantization: expected None or one of {QUANTIZATIONS}, got {quantization!r}")
-
-
-def _apply_quantization(model, quantization) -> None:
-    if quantization == "int8":
-        from fastx.ops.int8_linear import quantize_int8
-
-        quantize_int8(model)
 
 
 class GenerationMixin:

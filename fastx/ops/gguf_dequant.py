@@ -92,6 +92,36 @@ def dequantize(blocks: torch.Tensor, fmt: str, out: torch.Tensor | None = None) 
     return out
 
 
+# The 4-bit formats whose values are groups of 32 of (scale * q + minimum), q in 0..15: what torch's
+# int4 CPU GEMM computes on (fastx.ops.int4_linear).
+FOUR_BIT_FORMATS = ("Q4_0", "Q4_1", "Q4_K")
+
+
+def four_bit_groups(blocks: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(R, row bytes) uint8 rows of a FOUR_BIT_FORMATS format -> (q, scale, minimum).
+
+    q: (R, K) uint8 in 0..15, the file's own values; scale, minimum: (R, K / 32) float32 such that value
+    i of a row is scale[i // 32] * q[i] + minimum[i // 32] (dequantize() computes the same numbers up to
+    one fp32 rounding: Q4_0 is d * (q - 8), so minimum = -8 * d).
+    """
+    if fmt not in FOUR_BIT_FORMATS:
+        raise ValueError(f"fmt: expected one of {', '.join(FOUR_BIT_FORMATS)}, got {fmt!r}")
+    block, nbytes = BLOCK_FORMATS[fmt]
+    if blocks.dtype != torch.uint8 or blocks.dim() != 2 or blocks.shape[1] % nbytes:
+        raise ValueError(f"blocks: expected (rows, whole {fmt} blocks) uint8, got {blocks.dtype} {tuple(blocks.shape)}")
+    rows, nb = blocks.shape[0], blocks.shape[1] // nbytes
+    b = blocks.contiguous().view(rows, nb, nbytes)
+    if fmt == "Q4_K":
+        sc, mn = _k_scales(b[..., 4:16])
+        scale, minimum = _f16(b, 0) * sc.float(), -(_f16(b, 2) * mn.float())  # (R, NB, 8)
+        q = _nibbles(b[..., 16:144].reshape(rows, nb, 4, 32))  # (R, NB, 4, 2, 32): sub-blocks in order
+    else:
+        scale = _f16(b, 0)  # (R, NB, 1)
+        minimum = _f16(b, 2) if fmt == "Q4_1" else -8 * scale
+        q = _nibbles(b[..., 4:20] if fmt == "Q4_1" else b[..., 2:18])  # (R, NB, 2, 16)
+    return q.reshape(rows, nb * block), scale.reshape(rows, -1), minimum.reshape(rows, -1)
+
+
 # -- helpers ---------------------------------------------------------------------------------------
 def _f16(b: torch.Tensor, offset: int) -> torch.Tensor:
     """The fp16 at byte `offset` of every block -> (R, NB, 1) float32 (exact: fp16 widens losslessly)."""

@@ -143,6 +143,15 @@ def test_generate_flags_reach_the_engine(cli, tmp_path, tiny_llama):
     assert fp16.returncode == 0, fp16.stderr
     packed = cli.run(*base, "-n", 12, "--pack-weights", cwd=tmp_path)
     assert json.loads(packed.stdout)[0]["token_ids"] == free["token_ids"]
+    int4 = cli.run(*base, "-n", 12, "--quantization", "int4", cwd=tmp_path)  # approximate: the count only
+    assert int4.returncode == 0 and len(json.loads(int4.stdout)[0]["token_ids"]) == 12, int4.stderr
+
+
+def test_quantization_choices_are_the_models():
+    from fastx.cli.common import QUANTIZATIONS
+    from fastx.models.quantization import QUANTIZATIONS as MODEL_QUANTIZATIONS
+
+    assert QUANTIZATIONS == MODEL_QUANTIZATIONS
 
 
 def test_generate_system_message_goes_through_the_template(cli, tmp_path, tiny_llama):

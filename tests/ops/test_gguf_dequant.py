@@ -108,3 +108,23 @@ def test_bad_arguments_name_themselves():
         dequantize(rows, "Q8_0")
     with pytest.raises(ValueError, match=r"out: expected a contiguous float32 tensor of shape \(2, 32\)"):
         dequantize(rows, "Q4_1", out=torch.empty(2, 33))
+
+
+@pytest.mark.parametrize("fmt", ["Q4_0", "Q4_1", "Q4_K"])
+def test_four_bit_groups_are_the_files_values(fmt):
+    """scale * q + minimum per group of 32 gives dequantize()'s values: the int4 route reuses them as they are."""
+    from fastx.ops.gguf_dequant import four_bit_groups
+
+    rng = np.random.default_rng(11)
+    if fmt == "Q4_K":
+        raw = _valid_k_blocks(rng, fmt, 3, 2)
+    else:
+        values = rng.standard_normal((3, 512)).astype(np.float32)
+        raw = gguf.quants.quantize(values, gguf.GGMLQuantizationType[fmt])
+    blocks = torch.from_numpy(raw.view(np.uint8))
+    q, scale, minimum = four_bit_groups(blocks, fmt)
+    assert q.dtype == torch.uint8 and q.shape == (3, 512) and int(q.max()) <= 15 and scale.shape == (3, 16)
+    rebuilt = (q.float().view(3, 16, 32) * scale.unsqueeze(-1) + minimum.unsqueeze(-1)).view(3, 512)
+    torch.testing.assert_close(rebuilt, dequantize(blocks, fmt), rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match=r"fmt: expected one of Q4_0, Q4_1, Q4_K, got 'Q8_0'"):
+        four_bit_groups(blocks, "Q8_0")
