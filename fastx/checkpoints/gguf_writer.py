@@ -200,6 +200,17 @@ def _write_tokenizer(writer: gguf.GGUFWriter | None, folder: Path, vocab_size: i
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     special.add_to_gguf(writer, quiet=True)
+    if "bos" not in special.add_special_token:  # not in tokenizer_config.json: what the post-processor does
+        writer.add_add_bos_token(_post_processor_adds_bos(data.get("post_processor"), special.special_token_ids))
+
+
+def _post_processor_adds_bos(processor: dict | None, ids: dict) -> bool:
+    """Whether tokenizer.json's TemplateProcessing puts the BOS token before the text."""
+    if not processor or processor.get("type") != "TemplateProcessing" or "bos" not in ids:
+        return False
+    first = (processor.get("single") or [{}])[0]
+    token = first.get("SpecialToken", {}).get("id")
+    return token is not None and (processor.get("special_tokens", {}).get(token) or {}).get("ids") == [ids["bos"]]
 
 
 def _plan(folder: Path, config: dict, kind: str):
