@@ -88,7 +88,7 @@ def permute_rotary_rows(tensor: torch.Tensor, heads: int) -> torch.Tensor:
 def _config(folder: Path) -> dict:
     config = read_json(folder / "config.json")
     architectures = config.get("architectures") or []
-    if config.get("model_type") not in ("llama", "mistral") or not set(architectures) <= set(_LLAMA_ARCHITECTURES):
+    if config.get("model_type") != "llama" or not set(architectures) <= set(_LLAMA_ARCHITECTURES):
         raise ValueError(
             f"MODEL {folder}: expected a Llama checkpoint (model_type 'llama', architectures "
             f"{list(_LLAMA_ARCHITECTURES)}), got model_type {config.get('model_type')!r}, architectures {architectures}"

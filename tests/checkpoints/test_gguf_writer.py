@@ -2,6 +2,8 @@
 transformers and (where it installs) llama.cpp."""
 
 import collections
+import json
+import shutil
 
 import numpy as np
 import pytest
@@ -276,3 +278,28 @@ def test_sizes_and_bits_per_weight(written):
     assert sizes["F16"].output_bytes < sizes["F32"].output_bytes
     assert 8.0 < sizes["Q8_0"].bits_per_weight < 9.0 and 4.0 < sizes["Q4_0"].bits_per_weight < 5.0
     assert np.isclose(sizes["F32"].source_bytes, sizes["F32"].output_bytes, rtol=0.05)
+
+
+@pytest.mark.parametrize(
+    ("rope", "expected"),
+    [
+        ({"rope_type": "linear", "factor": 2.0, "rope_theta": 50000.0}, ("linear", 2.0, 50000.0)),
+        ({"rope_type": "llama3", "factor": 8.0, "rope_theta": 500000.0}, "rope scaling 'llama3' is not supported"),
+    ],
+)
+def test_rope_scaling(rope, expected, tiny_bpe_llama, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_bpe_llama, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("rope_theta", None)
+    config.pop("rope_scaling", None)
+    config["rope_parameters"] = rope
+    (folder / "config.json").write_text(json.dumps(config))
+    if isinstance(expected, str):
+        with pytest.raises(ValueError, match=expected):
+            gguf_writer.quantize(folder, tmp_path / "x.gguf", "F16")
+        return
+    gguf_writer.quantize(folder, tmp_path / "x.gguf", "F16")
+    _, fields = _fields(tmp_path / "x.gguf")
+    got = (fields["llama.rope.scaling.type"], fields["llama.rope.scaling.factor"], fields["llama.rope.freq_base"])
+    assert got == expected
