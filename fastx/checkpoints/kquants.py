@@ -39,7 +39,8 @@ def _weighted_error(scale, offset, levels, x, weights) -> np.ndarray:
 def make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int):
     """Scale, min and levels (0..nmax) per row of `x` minimising the weighted squared error of
     x ~ scale * L - min (llama.cpp's make_qkx2_quants with use_mad=false). Returns (scale, -min, L)."""
-    x, weights = x.astype(_F32, copy=False), weights.astype(_F32, copy=False)
+    # Column-major: the per-column loops below then read contiguous memory (the values are the same).
+    x, weights = np.asfortranarray(x, dtype=_F32), np.asfortranarray(weights, dtype=_F32)
     rows, n = x.shape
     low = np.minimum(x.min(axis=1), _F32(0))
     high = x.max(axis=1)
@@ -86,7 +87,7 @@ def make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float,
 def make_qx_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric scale and levels (0..2*nmax-1, offset nmax) per row of `x`, weights x^2
     (llama.cpp's make_qx_quants with rmse_type=1 and no importance weights). Returns (scale, L)."""
-    x = x.astype(_F32, copy=False)
+    x = np.asfortranarray(x, dtype=_F32)  # column-major, as in make_qkx2_quants
     rows, n = x.shape
     at = np.abs(x).argmax(axis=1)  # the first element of largest magnitude, as the C loop's strict `>`
     peak = x[np.arange(rows), at]
@@ -140,7 +141,7 @@ def _scale_min_k4(blocks: np.ndarray, nmax: int, rmin: float, nstep: int):
     """The shared half of Q4_K and Q5_K: 8 sub-blocks of 32 with 6-bit scales and mins.
     Returns (d, dmin as float16, the 12 packed scale bytes, levels (blocks, 256))."""
     nb = blocks.shape[0]
-    sub = blocks.reshape(nb * 8, 32)
+    sub = np.asfortranarray(blocks.reshape(nb * 8, 32))
     sum_x2 = np.zeros(sub.shape[0], _F32)
     for i in range(32):
         sum_x2 = sum_x2 + sub[:, i] * sub[:, i]
