@@ -4,8 +4,9 @@ The `gguf` package dequantizes these types but cannot quantize them; this module
 C code in llama.cpp's ggml/src/ggml-quants.c (`quantize_row_q{4,5,6}_K_ref`, `make_qkx2_quants`,
 `make_qx_quants`) step by step in float32. Every loop over the elements of a (sub-)block that
 accumulates is kept in its sequential order (a Python loop over the block's columns, vectorized over
-the blocks), so the results are bit-identical to a scalar float32 port of the C loops. A compiler that
-fuses multiply-adds in the C build may still differ from both in the last bit of a scale.
+the blocks), so the results are bit-identical to a scalar float32 port of the C loops, and (tested
+where llama-cpp-python installs) to llama.cpp's own quantizer. A C build whose compiler fuses
+multiply-adds differently could still differ in the last bit of a scale.
 
 Each `quantize_*` takes a float array whose size is a multiple of 256 and returns the GGUF block bytes,
 (number of 256-element super-blocks, bytes per block) uint8.

@@ -308,3 +308,23 @@ def test_rope_scaling(rope, expected, tiny_bpe_llama, tmp_path):
     _, fields = _fields(tmp_path / "x.gguf")
     got = (fields["llama.rope.scaling.type"], fields["llama.rope.scaling.factor"], fields["llama.rope.freq_base"])
     assert got == expected
+
+
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q4_K_M", "Q5_K_M"])
+def test_bytes_equal_llama_cpps_own_quantizer(kind, llama_cpp, written):
+    """llama.cpp's llama_model_quantize on the F32 file gives the same tensor types and bytes as fastx
+    (plain types as --pure; tiny_bpe_llama's 320-long ffn_down rows exercise the fallbacks)."""
+    import ctypes
+
+    source, _ = written("F32")
+    ours, _ = written(kind)
+    theirs = source.with_name(f"llama-cpp-{kind}.gguf")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype, params.pure, params.nthread = int(TYPES[kind][1]), not kind.endswith("_M"), 1
+    assert llama_cpp.llama_model_quantize(str(source).encode(), str(theirs).encode(), ctypes.byref(params)) == 0
+    expected = {t.name: t for t in gguf.GGUFReader(theirs).tensors}
+    got = {t.name: t for t in gguf.GGUFReader(ours).tensors}
+    assert expected.keys() == got.keys()
+    for name, tensor in expected.items():
+        assert got[name].tensor_type == tensor.tensor_type, name
+        assert np.array_equal(np.asarray(got[name].data), np.asarray(tensor.data)), name
