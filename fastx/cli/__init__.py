@@ -5,6 +5,7 @@
     fastx chat                                     interactive multi-turn chat, streamed answers
     fastx embed "first sentence" "second one"      all-MiniLM-L6-v2 embeddings as JSON
     fastx serve --port 8000                        OpenAI-compatible server (needs fastx[serve])
+    fastx quantize MODEL out.gguf --type Q4_K_M    a Llama checkpoint as a GGUF file (llama.cpp's types)
     fastx bench e2e --quick                        fastx vs transformers, end to end
     fastx kernels --target sm_90                   compile report (registers, spills, shared memory)
     fastx kernels --check                          kernel correctness self-check on this machine
@@ -21,11 +22,11 @@ import argparse
 import os
 import sys
 
-from fastx.cli import bench, chat, embed, generate, info, kernels, selftest, serve
+from fastx.cli import bench, chat, embed, generate, info, kernels, quantize, selftest, serve
 from fastx.cli.common import PROG, UsageError
 
 # Each command module: NAME, HELP, DESCRIPTION, EPILOG, add_arguments(parser) and run(args).
-COMMANDS = (generate, chat, embed, serve, bench, kernels, selftest, info)
+COMMANDS = (generate, chat, embed, serve, quantize, bench, kernels, selftest, info)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -2,7 +2,7 @@
 
 import pytest
 
-SUBCOMMANDS = ["generate", "chat", "embed", "serve", "bench", "kernels", "selftest", "info"]
+SUBCOMMANDS = ["generate", "chat", "embed", "serve", "quantize", "bench", "kernels", "selftest", "info"]
 
 
 @pytest.mark.parametrize("command", ["", *SUBCOMMANDS])
