@@ -51,7 +51,17 @@ def round_to_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     return q.view(n, k), scale, lo
 
 
-class Int4Linear(nn.Module):
+class _WeightOnlyLinear(nn.Module):
+    """forward = project (the subclass's GEMM) + the fp32 bias, added after the GEMM's own dtype."""
+
+    bias: nn.Parameter | None
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        out = self.project(input)
+        return out if self.bias is None else out + self.bias.to(out.dtype)
+
+
+class Int4Linear(_WeightOnlyLinear):
     """A projection held as packed 4-bit groups (CPU only); forward/project as fastx.ops.linear.Linear.
 
     `q` (N, K) uint8 in 0..15, `scale`/`minimum` (N, K / 32): value = scale * q + minimum; `bias` (N,) or None.
@@ -89,12 +99,8 @@ class Int4Linear(nn.Module):
         out = out[:, : self.out_features].to(input.dtype)
         return out.view(*input.shape[:-1], self.out_features)
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        out = self.project(input)
-        return out if self.bias is None else out + self.bias.to(out.dtype)
 
-
-class Int8WeightLinear(nn.Module):
+class Int8WeightLinear(_WeightOnlyLinear):
     """A projection held as int8 rows with one bf16 scale each (torch's int8 weight-only CPU GEMM)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
@@ -115,10 +121,6 @@ class Int8WeightLinear(nn.Module):
         rows = input.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
         out = torch.ops.aten._weight_int8pack_mm(rows, self.qweight, self.scales).to(input.dtype)
         return out.view(*input.shape[:-1], self.out_features)
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        out = self.project(input)
-        return out if self.bias is None else out + self.bias.to(out.dtype)
 
 
 HEAD_MODULES = ("lm_head",)
