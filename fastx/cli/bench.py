@@ -16,8 +16,9 @@ DESCRIPTION = (
     "  GB/s or TFLOP/s from the byte/FLOP formula, %% of the GPU's peak when known).\n"
     "e2e: all-MiniLM-L6-v2 embeddings (sentences/s) and SmolLM2 batch generation\n"
     "  (tokens/s), fastx vs transformers when it is installed.\n"
-    "serve: streaming chat clients at concurrency 1, 4, 16 against `fastx serve`, then\n"
-    "  `transformers serve --continuous-batching` on the same SmolLM2 weights\n"
+    "serve: streaming chat clients at concurrency 1, 4, 16 against `fastx serve` (on a CPU\n"
+    "  also with --pack-weights), then `transformers serve --continuous-batching` on the\n"
+    "  same SmolLM2 weights\n"
     "  (requests/s, output tokens/s, time to first token and inter-token p50/p99).\n"
     "Writes OUT/bench.json, and PNG plots of the sweeps when matplotlib is installed."
 )
