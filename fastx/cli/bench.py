@@ -118,7 +118,7 @@ def run(args) -> int:
         from fastx.checkpoints.defaults import default_generation_model
         from fastx.cli.bench_serve import bench_serve
 
-        print("== serve: streaming chat clients against fastx serve, then transformers serve (same model)")
+        print("== serve: streaming chat clients against fastx serve and transformers serve (same model), alternating")
         report["serve"] = bench_serve(default_generation_model(), device, args.quick)
     out = args.out
     os.makedirs(out, exist_ok=True)

@@ -1,12 +1,12 @@
 """`fastx bench serve`: the same streaming chat load against `fastx serve` and `transformers serve`.
 
-Each server is started here as a user starts it (one at a time, so they never share the CPU or
-GPU), warmed up with one request, then given `concurrency` clients that each stream chat
-completions back to back. Per level: requests/s, output tokens/s (the servers' own `usage`
-counts), time to first token and inter-token latency (p50/p99, from the client's clock). The
-peer is transformers' server with its continuous batching (`--continuous-batching`). On a CPU
-(full runs) fastx also runs with `--pack-weights`, its opt-in oneDNN-packed projection weights
-(twice their memory), reported beside the default as `fastx_packed`.
+Each server is started here as a user starts it and warmed up with one request; then at each
+level, one server after another (in an order rotated per level), `concurrency` clients stream
+chat completions back to back; only the server being driven computes. Per level: requests/s,
+output tokens/s (the servers' own `usage` counts), time to first token and inter-token latency
+(p50/p99, from the client's clock). The peer is transformers' server with its continuous
+batching (`--continuous-batching`). On a CPU (full runs) fastx also runs with `--pack-weights`,
+its opt-in oneDNN-packed projection weights (twice their memory), reported as `fastx_packed`.
 """
 
 from __future__ import annotations
@@ -156,18 +156,30 @@ def _checkpoint_folder(model: str, workdir: str) -> str:
     return out
 
 
-def _run_server(name, command, url, model, levels, max_tokens, requests_for, log, log_path) -> list[dict[str, Any]]:
-    proc = _start(command, url, log_path)
+def _run_servers(servers, levels, max_tokens, requests_for, log, workdir) -> dict[str, list[dict[str, Any]]]:
+    """Start every server, warm each up, then run each level on each server in turn.
+
+    `servers`: [(key, label, command, url, model)]. An idle server computes nothing, so the ones
+    not being driven do not share the CPU or GPU with the one that is; alternating the servers at
+    every level spreads the machine's noise (shared machines drift by 30% within minutes) over
+    all of them alike instead of favouring whichever ran in a quiet minute.
+    """
+    procs = []
     try:
-        asyncio.run(_level(url, model, 1, 1, 4))  # warm-up: lazy loading, first-call compilation
-        rows = []
-        for c in levels:
-            row = asyncio.run(_level(url, model, c, requests_for(c), max_tokens))
-            log(_row_text(name, row))
-            rows.append(row)
+        for key, _, command, url, _ in servers:
+            procs.append(_start(command, url, os.path.join(workdir, f"{key}.log")))
+        for _, _, _, url, model in servers:
+            asyncio.run(_level(url, model, 1, 1, 4))  # warm-up: lazy loading, first-call compilation
+        rows: dict[str, list[dict[str, Any]]] = {key: [] for key, *_ in servers}
+        for i, c in enumerate(levels):
+            for key, label, _, url, model in servers[i % len(servers) :] + servers[: i % len(servers)]:
+                row = asyncio.run(_level(url, model, c, requests_for(c), max_tokens))
+                log(_row_text(label, row))
+                rows[key].append(row)
         return rows
     finally:
-        _stop(proc)
+        for proc in procs:
+            _stop(proc)
 
 
 def _row_text(name: str, r: dict[str, Any]) -> str:
@@ -196,34 +208,32 @@ def bench_serve(model: str, device: str, quick: bool, log: Callable[[str], None]
     with tempfile.TemporaryDirectory(prefix="fastx-bench-serve-") as workdir:
         has_peer = importlib.util.find_spec("transformers") is not None and not quick
         folder = _checkpoint_folder(model, workdir) if has_peer else model
-        port = _free_port()
-        command = [sys.executable, "-m", "fastx", "serve", folder, "--port", str(port), "--dtype", dtype]
-        command += ["--served-model-name", folder, "--log-level", "warning"]
-        url = f"http://127.0.0.1:{port}"
-        run = (levels, max_tokens, requests_for, log)
-        report["fastx"] = _run_server("fastx serve", command, url, folder, *run, os.path.join(workdir, "fastx.log"))
-        report["fastx_packed"] = None
-        if device == "cpu" and not quick:
-            port = _free_port()
-            packed = [*command, "--pack-weights"]
-            packed[packed.index("--port") + 1] = str(port)
-            log_path = os.path.join(workdir, "fastx-packed.log")
-            name = "fastx --pack-weights"
-            report["fastx_packed"] = _run_server(name, packed, f"http://127.0.0.1:{port}", folder, *run, log_path)
-        report["peer"] = None
-        if not has_peer:
-            log("serve: the transformers peer runs without --quick, with transformers installed")
-            return report
-        import transformers
 
-        port = _free_port()
-        entry = "import sys; from transformers.cli.transformers import main; sys.argv[0] = 'transformers'; main()"
-        peer = [sys.executable, "-c", entry, "serve", folder, "--port", str(port)]
-        peer += ["--continuous-batching", "--device", device, "--dtype", dtype, "--log-level", "warning"]
-        name = f"transformers {transformers.__version__}"
-        report["peer_name"] = name
-        peer_url = f"http://127.0.0.1:{port}"
-        report["peer"] = _run_server(name, peer, peer_url, folder, *run, os.path.join(workdir, "peer.log"))
+        def fastx_server(key: str, label: str, *flags: str):
+            port = _free_port()
+            command = [sys.executable, "-m", "fastx", "serve", folder, "--port", str(port), "--dtype", dtype]
+            command += ["--served-model-name", folder, "--log-level", "warning", *flags]
+            return key, label, command, f"http://127.0.0.1:{port}", folder
+
+        servers = [fastx_server("fastx", "fastx serve")]
+        if device == "cpu" and not quick:
+            servers.append(fastx_server("fastx_packed", "fastx --pack-weights", "--pack-weights"))
+        if has_peer:
+            import transformers
+
+            port = _free_port()
+            entry = "import sys; from transformers.cli.transformers import main; sys.argv[0] = 'transformers'; main()"
+            peer = [sys.executable, "-c", entry, "serve", folder, "--port", str(port)]
+            peer += ["--continuous-batching", "--device", device, "--dtype", dtype, "--log-level", "warning"]
+            report["peer_name"] = f"transformers {transformers.__version__}"
+            servers.append(("peer", report["peer_name"], peer, f"http://127.0.0.1:{port}", folder))
+        rows = _run_servers(servers, levels, max_tokens, requests_for, log, workdir)
+    report["fastx"] = rows["fastx"]
+    report["fastx_packed"] = rows.get("fastx_packed")
+    report["peer"] = rows.get("peer")
+    if report["peer"] is None:
+        log("serve: the transformers peer runs without --quick, with transformers installed")
+        return report
     for key, label in (("fastx", "fastx"), ("fastx_packed", "fastx --pack-weights")):
         for ours, theirs in zip(report[key] or [], report["peer"]):
             ours["tokens_per_s_ratio"] = ours["output_tokens_per_s"] / theirs["output_tokens_per_s"]
