@@ -43,26 +43,14 @@ def engines(smollm2_gguf):
 
     # the same count for every engine: what fastx picks on this machine now (shared machines: often 1)
     threads = int(os.environ.get("FASTX_BENCH_THREADS", 0)) or choose_num_threads()
+    path, common = str(smollm2_gguf), {"device": "cpu", "kv_cache_memory": 256 << 20, "num_threads": threads}
     out = {
-        "fastx_quantized": LLM(
-            str(smollm2_gguf), dtype="auto", device="cpu", kv_cache_memory=256 << 20, num_threads=threads
-        ),
-        "fastx_dequantized": LLM(
-            str(smollm2_gguf), dtype="float32", device="cpu", kv_cache_memory=256 << 20, num_threads=threads
-        ),
+        "fastx_quantized": LLM(path, dtype="auto", **common),
+        "fastx_dequantized": LLM(path, dtype="float32", **common),
         # the fastest exact route over a batch: fp32 weights plus oneDNN-packed copies (twice the memory)
-        "fastx_packed": LLM(
-            str(smollm2_gguf),
-            dtype="float32",
-            device="cpu",
-            kv_cache_memory=256 << 20,
-            num_threads=threads,
-            pack_weights=True,
-        ),
+        "fastx_packed": LLM(path, dtype="float32", pack_weights=True, **common),
         # the fastest fastx CPU route at batch 1: the file's 4-bit values through torch's int4 GEMM (approximate)
-        "fastx_int4": LLM(
-            str(smollm2_gguf), quantization="int4", device="cpu", kv_cache_memory=256 << 20, num_threads=threads
-        ),
+        "fastx_int4": LLM(path, quantization="int4", **common),
     }
     if LLAMA_CPP:
         from llama_cpp import Llama

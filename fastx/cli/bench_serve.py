@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 LEVELS = (1, 4, 16)
 TOPICS = ("the sea", "a lost key", "a robot", "autumn", "a city at night", "a dragon", "a long train ride", "bread")
@@ -156,26 +156,37 @@ def _checkpoint_folder(model: str, workdir: str) -> str:
     return out
 
 
-def _run_servers(servers, levels, max_tokens, requests_for, log, workdir) -> dict[str, list[dict[str, Any]]]:
+class _Server(NamedTuple):
+    key: str  # its entry in the report
+    label: str  # its name in the printed rows
+    command: list[str]
+    url: str
+    model: str  # the `model` field its clients send
+
+
+def _run_servers(
+    servers: list[_Server], levels, max_tokens, requests_for, log, workdir
+) -> dict[str, list[dict[str, Any]]]:
     """Start every server, warm each up, then run each level on each server in turn.
 
-    `servers`: [(key, label, command, url, model)]. An idle server computes nothing, so the ones
-    not being driven do not share the CPU or GPU with the one that is; alternating the servers at
-    every level spreads the machine's noise (shared machines drift by 30% within minutes) over
-    all of them alike instead of favouring whichever ran in a quiet minute.
+    An idle server computes nothing, so the ones not being driven do not share the CPU or GPU
+    with the one that is; alternating the servers at every level spreads the machine's noise
+    (shared machines drift by 30% within minutes) over all of them alike instead of favouring
+    whichever ran in a quiet minute.
     """
     procs = []
     try:
-        for key, _, command, url, _ in servers:
-            procs.append(_start(command, url, os.path.join(workdir, f"{key}.log")))
-        for _, _, _, url, model in servers:
-            asyncio.run(_level(url, model, 1, 1, 4))  # warm-up: lazy loading, first-call compilation
-        rows: dict[str, list[dict[str, Any]]] = {key: [] for key, *_ in servers}
+        for server in servers:
+            procs.append(_start(server.command, server.url, os.path.join(workdir, f"{server.key}.log")))
+        for server in servers:
+            asyncio.run(_level(server.url, server.model, 1, 1, 4))  # warm-up: lazy loading, first-call compilation
+        rows: dict[str, list[dict[str, Any]]] = {server.key: [] for server in servers}
         for i, c in enumerate(levels):
-            for key, label, _, url, model in servers[i % len(servers) :] + servers[: i % len(servers)]:
-                row = asyncio.run(_level(url, model, c, requests_for(c), max_tokens))
-                log(_row_text(label, row))
-                rows[key].append(row)
+            first = i % len(servers)
+            for server in servers[first:] + servers[:first]:
+                row = asyncio.run(_level(server.url, server.model, c, requests_for(c), max_tokens))
+                log(_row_text(server.label, row))
+                rows[server.key].append(row)
         return rows
     finally:
         for proc in procs:
@@ -209,13 +220,13 @@ def bench_serve(model: str, device: str, quick: bool, log: Callable[[str], None]
         has_peer = importlib.util.find_spec("transformers") is not None and not quick
         folder = _checkpoint_folder(model, workdir) if has_peer else model
 
-        def fastx_server(key: str, label: str, *flags: str):
+        def fastx_server(key: str, label: str, *flags: str) -> _Server:
             port = _free_port()
             command = [sys.executable, "-m", "fastx", "serve", folder, "--port", str(port), "--dtype", dtype]
             command += ["--served-model-name", folder, "--log-level", "warning", *flags]
             if device != "cpu":  # the servers are up together: fastx's default KV cache takes 85% of free GPU memory
                 command += ["--kv-cache-memory", str(2 << 30)]  # ~90k SmolLM2 tokens in bf16, far more than this load
-            return key, label, command, f"http://127.0.0.1:{port}", folder
+            return _Server(key, label, command, f"http://127.0.0.1:{port}", folder)
 
         servers = [fastx_server("fastx", "fastx serve")]
         if device == "cpu" and not quick:
@@ -228,7 +239,7 @@ def bench_serve(model: str, device: str, quick: bool, log: Callable[[str], None]
             peer = [sys.executable, "-c", entry, "serve", folder, "--port", str(port)]
             peer += ["--continuous-batching", "--device", device, "--dtype", dtype, "--log-level", "warning"]
             report["peer_name"] = f"transformers {transformers.__version__}"
-            servers.append(("peer", report["peer_name"], peer, f"http://127.0.0.1:{port}", folder))
+            servers.append(_Server("peer", report["peer_name"], peer, f"http://127.0.0.1:{port}", folder))
         rows = _run_servers(servers, levels, max_tokens, requests_for, log, workdir)
     report["fastx"] = rows["fastx"]
     report["fastx_packed"] = rows.get("fastx_packed")
